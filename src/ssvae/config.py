@@ -1,0 +1,71 @@
+"""The resolved settings of one training run, with the original's values as defaults (spec 6.1)."""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from ssvae.models import MODELS
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the key and the value."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: str
+    model: str
+    seed: int
+    params: dict = field(default_factory=dict)  # model-specific, e.g. ExactM2's kl_factor
+    epochs: int = 300  # the last epoch index: epochs 0..300 are 301 epochs of training
+    steps_per_epoch: int = 500
+    eval_every: int = 10
+    batch_size: int = 100
+    lr: float = 5e-4
+    lr_decay: float = 1.0005
+    lr_floor: float = 1e-4
+    l2: float = 0.1
+    grad_norm_per_1000: float = 2.5
+    classifier_weight: float = 128.0
+    anneal_classifier_steps: int = 50_000
+    input_dropout: float = 0.25
+    z_noise_std: float = 0.05
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            known = ", ".join(sorted(MODELS))
+            raise ConfigError(f"model: unknown model name {self.model!r} (known: {known})")
+        checks = {
+            "seed": self.seed >= 0,
+            "epochs": self.epochs >= 0,
+            "steps_per_epoch": self.steps_per_epoch >= 1,
+            "eval_every": self.eval_every >= 1,
+            "batch_size": self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "lr_decay": self.lr_decay >= 1,
+            "lr_floor": 0 < self.lr_floor <= self.lr,
+            "l2": self.l2 >= 0,
+            "grad_norm_per_1000": self.grad_norm_per_1000 > 0,
+            "classifier_weight": self.classifier_weight >= 0,
+            "anneal_classifier_steps": self.anneal_classifier_steps >= 1,
+            "input_dropout": 0 <= self.input_dropout < 1,
+            "z_noise_std": self.z_noise_std >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{key}: value out of range: {getattr(self, key)!r}")
+        MODELS[self.model].check_params(self.params)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown setting (value {values[unknown[0]]!r})")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(str(err)) from err
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -1,0 +1,147 @@
+"""What every model shares: the classifier terms, and the semi-supervised objective (spec 3.1)."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssvae.nn import (
+    N_CLASSES,
+    ClassifierNet,
+    Decoder,
+    Subgraph,
+    ZEncoder,
+    bernoulli_nll,
+    gaussian_kl,
+    init_uniform_,
+)
+from ssvae.schedules import Annealing
+
+LOG_N_CLASSES = math.log(N_CLASSES)  # -log p(y) under the uniform prior
+
+
+@dataclass
+class PathTerms:
+    """One VAE path (unlabeled or labeled) on a batch, every tensor per example."""
+
+    bound: torch.Tensor  # the reported negative ELBO
+    surrogate: torch.Tensor  # what training differentiates: annealed, with any score-function term
+    terms: dict[str, torch.Tensor]  # logged components (KL_Z, nllX, KL_Y, ...)
+    mu: torch.Tensor  # q(z|.) rows as the model arranges them (ExactM2: 10 class blocks)
+    logcov2: torch.Tensor
+    kl_z_per_dim: torch.Tensor  # (batch, 50); for ExactM2 weighted by q(y|x) over the classes
+
+
+@dataclass
+class StepResult:
+    objective: torch.Tensor  # the summed training objective without the L2 term
+    metrics: dict[str, torch.Tensor]  # scalars per batch, named as in the original's output.h5
+    unlabeled: PathTerms | None = None
+
+
+class Model(nn.Module):
+    """A model of the comparison: the q(y|x) classifier, plus whatever it adds around it."""
+
+    uses_unlabeled = True
+
+    def __init__(self, input_dropout: float, classifier_weight: float):
+        super().__init__()
+        self.classifier_weight = classifier_weight
+        self.classifier = ClassifierNet(input_dropout)
+
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """Raise ValueError naming any model-specific setting that is unknown or out of range."""
+        if params:
+            raise ValueError(f"{next(iter(params))}: not a setting of model {cls.__name__}")
+
+    def reset_parameters(self) -> None:
+        init_uniform_(self)
+
+    def classifier_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(y|x) on the classifier sub-graph (BatchNorm statistics of labeled batches only)."""
+        hx = self.classifier.hidden(x, Subgraph.CLASSIFIER)
+        return F.log_softmax(self.classifier.heads(hx, Subgraph.CLASSIFIER)[0], dim=-1)
+
+    def classifier_terms(self, x: torch.Tensor, y: torch.Tensor):
+        """Summed cross-entropy and the per-batch classifier metrics (accuracy, weighted CE)."""
+        log_probs = self.classifier_log_probs(x)
+        ce = F.nll_loss(log_probs, y, reduction="sum")
+        metrics = {
+            "classifier": self.classifier_weight * ce / len(y),
+            "accuracy": (log_probs.argmax(-1) == y).float().mean(),
+        }
+        return ce, metrics
+
+
+class SemiSupervisedVAE(Model):
+    """The M2-style VAE with three sub-graphs on shared weights.
+
+    Subclasses say how the unlabeled path treats y (`unlabeled`); the labeled path below is the
+    M2 family's (one-hot y), which LogisticNormal and LogGamma replace with their own.
+    """
+
+    def __init__(self, input_dropout: float, classifier_weight: float, z_noise_std: float):
+        super().__init__(input_dropout, classifier_weight)
+        self.z_noise_std = z_noise_std
+        self.z_encoder = ZEncoder()
+        self.decoder = Decoder()
+
+    def unlabeled(self, x: torch.Tensor, annealing: Annealing) -> PathTerms:
+        raise NotImplementedError
+
+    def sample_z(self, a: torch.Tensor, hx: torch.Tensor, subgraph: Subgraph):
+        mu, logcov2 = self.z_encoder(a, hx, subgraph)
+        z = mu + torch.exp(0.5 * logcov2) * torch.randn_like(mu)
+        return z, mu, logcov2
+
+    def reconstruction_nll(self, a: torch.Tensor, z: torch.Tensor, x: torch.Tensor):
+        """-log p(x | a, z); training adds N(0, 0.05^2) noise to z, after the KL (spec 2.4)."""
+        if self.training and self.z_noise_std > 0:
+            z = z + self.z_noise_std * torch.randn_like(z)
+        return bernoulli_nll(self.decoder(a, z), x)
+
+    def labeled(self, x: torch.Tensor, y: torch.Tensor, annealing: Annealing) -> PathTerms:
+        hx = self.classifier.hidden(x, Subgraph.LABELED)
+        onehot = F.one_hot(y, N_CLASSES).to(x.dtype)
+        z, mu, logcov2 = self.sample_z(onehot, hx, Subgraph.LABELED)
+        kl_z_per_dim = gaussian_kl(mu, logcov2)
+        kl_z = kl_z_per_dim.sum(-1)
+        nll_x = self.reconstruction_nll(onehot, z, x)
+        return PathTerms(
+            bound=kl_z + nll_x + LOG_N_CLASSES,
+            surrogate=annealing.kl_z * kl_z + nll_x + LOG_N_CLASSES,
+            terms={"KL_Z": kl_z, "nllX": nll_x},
+            mu=mu,
+            logcov2=logcov2,
+            kl_z_per_dim=kl_z_per_dim,
+        )
+
+    def forward(self, x_unlabeled, x_labeled, y_labeled, annealing: Annealing) -> StepResult:
+        unl = self.unlabeled(x_unlabeled, annealing)
+        lab = self.labeled(x_labeled, y_labeled, annealing)
+        ce, metrics = self.classifier_terms(x_labeled, y_labeled)
+        n_unlabeled = len(x_unlabeled)
+        objective = (
+            annealing.bound * (unl.surrogate.sum() + lab.surrogate.sum())
+            + annealing.classifier * self.classifier_weight * ce
+        )
+        # Both bounds are normalised by the unlabeled batch size, as in the original (spec 7.20).
+        bound_u = unl.bound.sum() / n_unlabeled
+        bound_l = lab.bound.sum() / n_unlabeled
+        metrics |= {
+            "boundU": bound_u,
+            "boundL": bound_l,
+            "bound": bound_u + bound_l,
+            "loss": bound_u + bound_l + self.classifier_weight * ce / n_unlabeled,
+        }
+        metrics |= {f"p(x)/{k}": v.mean() for k, v in unl.terms.items()}
+        metrics |= {f"p(x,y)/{k}": v.mean() for k, v in lab.terms.items()}
+        return StepResult(objective, metrics, unl)
+
+    @torch.no_grad()
+    def decode_means(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli means of p(x | a, z): the images the sample grids show."""
+        return torch.sigmoid(self.decoder(a, z))

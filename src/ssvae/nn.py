@@ -1,0 +1,167 @@
+"""Building blocks shared by every model (spec section 2): layers, networks and the basic terms."""
+
+import math
+from enum import IntEnum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_CLASSES = 10
+N_PIXELS = 784
+Z_DIM = 50
+INIT_RANGE = 0.1  # every trainable tensor, BatchNorm gamma and beta included, starts U(-0.1, 0.1)
+MAXOUT_PIECES = 4
+LOGIT_CLIP = 5.0
+
+
+class Subgraph(IntEnum):
+    """The three sub-graphs: shared weights, separate BatchNorm statistics (spec 2.3)."""
+
+    UNLABELED = 0  # p(x)
+    LABELED = 1  # p(x,y)
+    CLASSIFIER = 2  # q(y|x)
+
+
+SUBGRAPH_NAMES = {
+    Subgraph.UNLABELED: "p(x)",
+    Subgraph.LABELED: "p(x,y)",
+    Subgraph.CLASSIFIER: "q(y|x)",
+}
+
+
+class SubgraphBatchNorm(nn.Module):
+    """BatchNorm with one shared affine pair and one set of running statistics per sub-graph.
+
+    As in the original: eps 1e-3, biased batch variance in training, unbiased variance in the
+    running estimate, and a first update that copies the batch statistics (momentum 0.05 after).
+    """
+
+    def __init__(self, width: int, momentum: float = 0.05, eps: float = 1e-3):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.empty(width))
+        self.beta = nn.Parameter(torch.empty(width))
+        n_subgraphs = len(Subgraph)
+        self.register_buffer("running_mean", torch.zeros(n_subgraphs, width))
+        self.register_buffer("running_var", torch.ones(n_subgraphs, width))
+        self.register_buffer("updated", torch.zeros(n_subgraphs, 1, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
+        if self.training:
+            mean = x.mean(0)
+            var = x.var(0, unbiased=False)
+            self._update_running(subgraph, mean.detach(), var.detach(), x.shape[0])
+        else:
+            mean = self.running_mean[subgraph]
+            var = self.running_var[subgraph]
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.gamma + self.beta
+
+    @torch.no_grad()
+    def _update_running(self, subgraph: Subgraph, mean, var, n: int) -> None:
+        unbiased_var = var * (n / (n - 1))
+        first = self.updated[subgraph]  # torch.where keeps the update free of host syncs
+        self.running_mean[subgraph] = torch.where(
+            first, torch.lerp(self.running_mean[subgraph], mean, self.momentum), mean
+        )
+        self.running_var[subgraph] = torch.where(
+            first, torch.lerp(self.running_var[subgraph], unbiased_var, self.momentum), unbiased_var
+        )
+        self.updated[subgraph] = True
+
+
+class MaxoutStack(nn.Module):
+    """`n_layers` of Linear(in -> 4H) [-> BatchNorm] -> maxout of 4 adjacent units (spec 2.2)."""
+
+    def __init__(self, in_dim: int, width: int, n_layers: int, batchnorm: bool):
+        super().__init__()
+        self.width = width
+        dims = [in_dim] + [width] * n_layers
+        self.linears = nn.ModuleList(nn.Linear(d_in, MAXOUT_PIECES * width) for d_in in dims[:-1])
+        self.norms = nn.ModuleList(
+            SubgraphBatchNorm(MAXOUT_PIECES * width) for _ in range(n_layers if batchnorm else 0)
+        )
+
+    def forward(self, h: torch.Tensor, subgraph: Subgraph | None = None) -> torch.Tensor:
+        for i, linear in enumerate(self.linears):
+            h = linear(h)
+            if self.norms:
+                h = self.norms[i](h, subgraph)
+            h = h.unflatten(-1, (self.width, MAXOUT_PIECES)).amax(-1)
+        return h
+
+
+class ClassifierNet(nn.Module):
+    """q(y|x) network: input dropout -> h(x) trunk -> head -> linear output(s) (spec 2.5).
+
+    `forward` returns the trunk features h(x) (which q(z|.) reuses) and the head outputs:
+    one clipped logit vector for every model but LogisticNormal, which asks for two unclipped ones.
+    """
+
+    def __init__(self, dropout: float, n_outputs: int = 1, clip: bool = True):
+        super().__init__()
+        self.dropout = dropout
+        self.clip = clip
+        self.trunk = MaxoutStack(N_PIXELS, 300, n_layers=4, batchnorm=True)
+        self.head = MaxoutStack(300, 300, n_layers=2, batchnorm=True)
+        self.outputs = nn.ModuleList(nn.Linear(300, N_CLASSES) for _ in range(n_outputs))
+
+    def hidden(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
+        # A fresh dropout mask per call: the three sub-graphs see independent masks (spec 2.4).
+        return self.trunk(F.dropout(x, self.dropout, self.training), subgraph)
+
+    def heads(self, hx: torch.Tensor, subgraph: Subgraph) -> list[torch.Tensor]:
+        h = self.head(hx, subgraph)
+        outs = [output(h) for output in self.outputs]
+        return [out.clamp(-LOGIT_CLIP, LOGIT_CLIP) for out in outs] if self.clip else outs
+
+
+class ZEncoder(nn.Module):
+    """q(z | a, x): embed the class code a, join it to h(x), 2 maxout+BN layers, mu and logvar."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(N_CLASSES, 300)
+        self.stack = MaxoutStack(600, 300, n_layers=2, batchnorm=True)
+        self.mu = nn.Linear(300, Z_DIM)
+        self.logcov2 = nn.Linear(300, Z_DIM)
+
+    def forward(self, a: torch.Tensor, hx: torch.Tensor, subgraph: Subgraph):
+        h = self.stack(torch.cat([self.embed(a), hx], dim=-1), subgraph)
+        return self.mu(h), self.logcov2(h)
+
+
+class Decoder(nn.Module):
+    """p(x | a, z): 4 maxout layers without BatchNorm, then Bernoulli logits over the pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = MaxoutStack(N_CLASSES + Z_DIM, 200, n_layers=4, batchnorm=False)
+        self.out = nn.Linear(200, N_PIXELS)
+
+    def forward(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.stack(torch.cat([a, z], dim=-1)))
+
+
+def init_uniform_(module: nn.Module) -> None:
+    """The original's init: every trainable tensor from U(-0.1, 0.1)."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.uniform_(-INIT_RANGE, INIT_RANGE)
+
+
+def gaussian_kl(mu: torch.Tensor, logcov2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logcov2)) || N(0, I)) per dimension (sum over the last axis for the total)."""
+    return 0.5 * (logcov2.exp() + mu.square() - 1.0 - logcov2)
+
+
+def categorical_kl_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits) || Uniform(K)) per example."""
+    log_pi = F.log_softmax(logits, dim=-1)
+    return (log_pi.exp() * log_pi).sum(-1) + math.log(logits.shape[-1])
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x) under independent Bernoullis with the given logits, per example."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)

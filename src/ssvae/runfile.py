@@ -1,0 +1,78 @@
+"""The HDF5 file one training run writes, and how to read it back (no torch needed).
+
+Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested group):
+
+    /                  attrs: run, model, seed, config (resolved settings as JSON), n_params,
+                       ssvae_version, torch_version, device, finished_at
+    /train/epoch       (n_epochs,)  one entry per training epoch, metrics are epoch means
+    /train/<metric>    (n_epochs,)  loss, bound, boundU, boundL, classifier, accuracy, objective,
+                                    pnorm, gnorm, p(x)/KL_Z, ..., hyperparameters/lr, duration
+    /valid/epoch       (n_evals,)   one entry per validation, metrics over the whole split
+    /valid/<metric>    (n_evals,)
+    /test/...          (1,)         after the last epoch
+    /z_stats/epoch               (n_evals,)
+    /z_stats/mu_last_batch       (n_evals, 100, 50)  last 100 q(z|.) rows of the last validation
+    /z_stats/logcov2_last_batch  (n_evals, 100, 50)    batch, as the original's output_verbose
+    /z_stats/kl_per_dim_mean     (n_evals, 50)  KL per z dimension averaged over the validation set
+    /samples/epoch     (n_evals,)
+    /samples/p(x)      (n_evals, 1000, 784) uint8: decoder means x 255, classes 0..9 by 100s
+"""
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ssvae.io import atomic_output
+
+SPLITS = ("train", "valid", "test")
+
+
+def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:
+    """Write atomically: `history[split][metric]` lists and `arrays[group][name]` arrays."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in attrs.items():
+            # str() too: torch.__version__ is a str subclass that h5py cannot store.
+            f.attrs[key] = (
+                json.dumps(value, sort_keys=True)
+                if isinstance(value, dict)
+                else (str(value) if isinstance(value, str) else value)
+            )
+        for split, metrics in history.items():
+            for name, values in metrics.items():
+                f.create_dataset(f"{split}/{name}", data=np.asarray(values))
+        for group, named in arrays.items():
+            for name, values in named.items():
+                values = np.asarray(values)
+                big = values.ndim > 1
+                f.create_dataset(
+                    f"{group}/{name}",
+                    data=values,
+                    compression="gzip" if big else None,
+                    chunks=(1, *values.shape[1:]) if big and len(values) else None,
+                )
+
+
+def read_history(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """`{split: {metric: values}}` for every split the file has; `epoch` is one of the metrics."""
+    history = {}
+    with h5py.File(path, "r") as f:
+        for split in SPLITS:
+            if split not in f:
+                continue
+            metrics = {}
+            f[split].visititems(
+                lambda name, obj, out=metrics: (
+                    out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+            history[split] = metrics
+    return history
+
+
+def read_attrs(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+    attrs["config"] = json.loads(attrs["config"])
+    return attrs

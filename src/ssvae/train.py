@@ -1,0 +1,254 @@
+"""Train one (run, seed) and write its metrics file (spec section 4).
+
+Epochs 0..E each run `steps_per_epoch` optimizer steps; after epoch e the learning rate decays,
+every `eval_every` epochs (and after the last) the whole validation split is evaluated and decoder
+samples are drawn, and after the last epoch the test split is evaluated once.
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ssvae
+from ssvae import data, runfile
+from ssvae.config import ConfigError, TrainConfig
+from ssvae.models import SemiSupervisedVAE, build_model
+from ssvae.nn import N_CLASSES, Z_DIM
+from ssvae.schedules import Annealing, annealing, learning_rate
+from ssvae.splits import read_split
+
+SAMPLES_PER_CLASS = 100
+Z_ROWS_KEPT = 100  # the original's output_verbose keeps the last 100 rows of each key
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """A fresh Bernoulli draw of every pixel, each time a batch is used (spec 1.3)."""
+    return torch.bernoulli(x)
+
+
+def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    # The original's pickle stores k/256 (spec 1.1).
+    return torch.from_numpy(images).to(device=device, dtype=torch.float32) / 256.0
+
+
+def _means(sums: dict, count: int) -> dict[str, float]:
+    stacked = torch.stack(list(sums.values())).double().cpu() / count  # one host sync
+    return dict(zip(sums, stacked.tolist(), strict=True))
+
+
+@torch.no_grad()
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int):
+    """Metrics over a whole split; both slots get the images, binarised separately (spec 1.5)."""
+    model.eval()
+    sums = defaultdict(float)
+    kl_per_dim = torch.zeros(Z_DIM, device=images.device)
+    last_unlabeled = None
+    for start in range(0, len(images), batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        result = model(binarize(x), binarize(x), y, Annealing())
+        for name, value in result.metrics.items():
+            sums[name] = sums[name] + value * len(x)
+        if result.unlabeled is not None:
+            kl_per_dim += result.unlabeled.kl_z_per_dim.sum(0)
+            last_unlabeled = result.unlabeled
+    metrics = _means(sums, len(images))
+    z_stats = None
+    if last_unlabeled is not None:
+        z_stats = {
+            "mu_last_batch": last_unlabeled.mu[-Z_ROWS_KEPT:].cpu().numpy(),
+            "logcov2_last_batch": last_unlabeled.logcov2[-Z_ROWS_KEPT:].cpu().numpy(),
+            "kl_per_dim_mean": (kl_per_dim / len(images)).cpu().numpy(),
+        }
+    return metrics, z_stats
+
+
+def decoder_samples(model: SemiSupervisedVAE, device: torch.device) -> np.ndarray:
+    """Bernoulli means for z ~ N(0, I) and classes 0..9 in blocks of 100 (spec 4.8), as uint8."""
+    classes = torch.eye(N_CLASSES, device=device).repeat_interleave(SAMPLES_PER_CLASS, dim=0)
+    z = torch.randn(len(classes), Z_DIM, device=device)
+    means = model.decode_means(classes, z)
+    return (means * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def train(
+    cfg: TrainConfig,
+    data_path: Path,
+    split_path: Path,
+    out_path: Path,
+    device: torch.device,
+    log=print,
+) -> None:
+    torch.manual_seed(cfg.seed)
+    arrays = data.load(data_path)
+    split = read_split(split_path)
+    if split["seed"] != cfg.seed:
+        raise ConfigError(f"seed: {cfg.seed} does not match the split file's seed {split['seed']}")
+    train_x = to_pixels(arrays["train_x"], device)
+    labeled_idx = torch.as_tensor(split["indices"], device=device)
+    labeled_x = train_x[labeled_idx]
+    labeled_y = torch.as_tensor(arrays["train_y"], device=device)[labeled_idx]
+    valid = (
+        to_pixels(arrays["valid_x"], device),
+        torch.as_tensor(arrays["valid_y"], device=device),
+    )
+    test = (to_pixels(arrays["test_x"], device), torch.as_tensor(arrays["test_y"], device=device))
+    batch = cfg.batch_size
+    if cfg.steps_per_epoch * batch > len(train_x):
+        raise ConfigError(
+            f"steps_per_epoch: {cfg.steps_per_epoch} batches of {batch} exceed the "
+            f"{len(train_x)} training images"
+        )
+
+    model = build_model(
+        cfg.model, cfg.params, cfg.input_dropout, cfg.classifier_weight, cfg.z_noise_std
+    ).to(device)
+    params = list(model.parameters())
+    n_params = sum(p.numel() for p in params)
+    max_grad_norm = cfg.grad_norm_per_1000 * n_params / 1000
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    log(
+        f"{cfg.run} seed {cfg.seed}: {cfg.model}, {n_params:,} parameters, device {device}, "
+        f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps"
+    )
+
+    history = {split_name: defaultdict(list) for split_name in runfile.SPLITS}
+    extras = {"z_stats": defaultdict(list), "samples": defaultdict(list)}
+    step = 0
+    for epoch in range(cfg.epochs + 1):
+        started = time.perf_counter()
+        lr = learning_rate(epoch, cfg.lr, cfg.lr_decay, cfg.lr_floor)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        sums = defaultdict(float)
+        schedule_sums = defaultdict(float)
+        first_bad_step = torch.tensor(-1, device=device)
+        order = torch.randperm(len(train_x), device=device)
+        for i in range(cfg.steps_per_epoch):
+            step += 1
+            coefs = annealing(step, cfg.anneal_classifier_steps)
+            x_unlabeled = binarize(train_x[order[i * batch : (i + 1) * batch]])
+            pick = torch.randint(len(labeled_x), (batch,), device=device)
+            result = model(x_unlabeled, binarize(labeled_x[pick]), labeled_y[pick], coefs)
+            squared_norm = torch.stack([p.square().sum() for p in params]).sum()
+            objective = result.objective + cfg.l2 * squared_norm
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+
+            first_bad_step = torch.where(
+                (first_bad_step < 0) & ~torch.isfinite(objective), step, first_bad_step
+            )
+            step_metrics = result.metrics | {
+                "objective": objective.detach(),
+                "pnorm": squared_norm.detach().sqrt(),
+                "gnorm": grad_norm.clamp(max=max_grad_norm),  # the norm after clipping
+            }
+            for name, value in step_metrics.items():
+                sums[name] = sums[name] + value.detach()
+            if model.uses_unlabeled:  # the original's MLP has no annealing variables to log
+                for name, value in vars(coefs).items():
+                    schedule_sums[f"hyperparameters/annealing/{name}"] += value
+                schedule_sums["hyperparameters/sharpening"] += coefs.sharpening
+
+        train_metrics = _means(sums, cfg.steps_per_epoch)
+        if first_bad_step.item() >= 0:
+            raise TrainingDiverged(
+                f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {epoch}, "
+                f"step {first_bad_step.item()}"
+            )
+        train_metrics |= {k: v / cfg.steps_per_epoch for k, v in schedule_sums.items()}
+        train_metrics |= {
+            "hyperparameters/lr": lr,
+            "hyperparameters/update_ctr": step,
+            "duration": time.perf_counter() - started,
+        }
+        _append(history["train"], epoch, train_metrics)
+        line = (
+            f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_metrics['loss']:9.2f}  "
+            f"acc {train_metrics['accuracy']:.3f}"
+        )
+
+        last_epoch = epoch == cfg.epochs
+        if epoch % cfg.eval_every == 0 or last_epoch:
+            valid_metrics, z_stats = evaluate(model, *valid, batch)
+            _append(history["valid"], epoch, valid_metrics)
+            line += (
+                f"  valid loss {valid_metrics['loss']:9.2f}  acc {valid_metrics['accuracy']:.4f}"
+            )
+            if isinstance(model, SemiSupervisedVAE):
+                _append(extras["z_stats"], epoch, z_stats)
+                _append(extras["samples"], epoch, {"p(x)": decoder_samples(model, device)})
+        if last_epoch:
+            test_metrics, _ = evaluate(model, *test, batch)
+            _append(history["test"], epoch, test_metrics)
+            line += f"  test acc {test_metrics['accuracy']:.4f}"
+        log(f"{line}  lr {lr:.3e}  {time.perf_counter() - started:6.1f} s", flush=True)
+
+    attrs = {
+        "run": cfg.run,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "config": json.loads(cfg.to_json()),
+        "n_params": n_params,
+        "ssvae_version": ssvae.__version__,
+        "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    runfile.write(out_path, attrs, history, {k: v for k, v in extras.items() if v})
+
+
+def _append(store: dict, epoch: int, values: dict) -> None:
+    store["epoch"].append(epoch)
+    for name, value in values.items():
+        store[name].append(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ssvae-train", description="Train one (run, seed) and write its metrics HDF5 file."
+    )
+    parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
+    parser.add_argument("--split", type=Path, required=True, help="labeled split JSON of the seed")
+    parser.add_argument(
+        "--run-config",
+        required=True,
+        help="JSON object of TrainConfig settings (run, model, seed, ...)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="metrics .h5 to write")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrainConfig.from_dict(json.loads(args.run_config))
+    except json.JSONDecodeError as err:
+        sys.exit(f"ssvae-train: error: --run-config is not valid JSON ({err})")
+    except (ConfigError, ValueError) as err:
+        sys.exit(f"ssvae-train: error: {err}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        train(cfg, args.data, args.split, args.out, pick_device(args.device))
+    except (ConfigError, TrainingDiverged, data.DataError) as err:
+        sys.exit(f"ssvae-train: error: {err}")
