@@ -101,6 +101,8 @@ def fetch_file(
     backoff: float = 1.0,
 ) -> Path:
     """Fetch `<name>.gz` from the first source that gives a verified copy; return its path."""
+    if retries < 1:
+        raise ValueError(f"retries must be at least 1, got {retries}")
     filename = name + ".gz"
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / filename
@@ -124,8 +126,9 @@ def fetch_file(
                     continue
                 failures.append(f"{source}: {_describe(err)}")
                 break
-    tried = "; ".join(failures) if failures else "no sources given"
-    raise DataError(f"could not obtain a valid {filename} (tried {tried})")
+    if not failures:
+        raise DataError(f"could not obtain {filename}: no sources given")
+    raise DataError(f"could not obtain a valid {filename} (tried {'; '.join(failures)})")
 
 
 def _describe(err: Exception) -> str:
@@ -144,12 +147,16 @@ def fetch_all(sources: list[str], dest_dir: Path, **kwargs) -> list[Path]:
 
 def read_idx(path: Path) -> np.ndarray:
     """Read a gzip-compressed IDX file of unsigned bytes into an array of its declared shape."""
-    with gzip.open(path, "rb") as stream:
-        raw = stream.read()
+    try:
+        with gzip.open(path, "rb") as stream:
+            raw = stream.read()
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{path.name}: unreadable gzip ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_DTYPE_UBYTE:
         raise DataError(f"{path.name}: not an IDX file of unsigned bytes")
-    n_dims = raw[3]
-    header_end = 4 + 4 * n_dims
+    header_end = 4 + 4 * raw[3]
+    if len(raw) < header_end:
+        raise DataError(f"{path.name}: IDX header is truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header_end], dtype=">u4"))
     data = np.frombuffer(raw, dtype=np.uint8, offset=header_end)
     if data.size != int(np.prod(shape)):
@@ -179,8 +186,8 @@ def prepare(raw_dir: Path, out_path: Path) -> None:
         "test_x": arrays["t10k-images-idx3-ubyte"].reshape(-1, 28 * 28),
         "test_y": arrays["t10k-labels-idx1-ubyte"],
     }
-    with atomic_output(out_path) as tmp:
-        np.savez(tmp, **split)
+    with atomic_output(out_path) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, **split)  # through a stream: savez appends ".npz" to a bare name
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
@@ -202,6 +209,8 @@ def fetch_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retries", type=int, default=3, help="attempts per network source")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network request")
     args = parser.parse_args(argv)
+    if args.retries < 1:
+        sys.exit(f"ssvae-fetch-mnist: error: --retries must be at least 1, got {args.retries}")
     try:
         for path in fetch_all(args.sources, args.dest, retries=args.retries, timeout=args.timeout):
             print(f"verified {path}")

@@ -1,30 +1,22 @@
 """Atomic file output: a file appears under its final name complete, or not at all."""
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds and delete
-    it otherwise, so an interrupted or failed write never leaves a plausible-looking file."""
+    """Yield a new empty temporary file beside `path`; rename it to `path` if the block succeeds
+    and delete it otherwise, so a failed or interrupted write never leaves a plausible file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.open("xb").close()  # created with the usual umask-derived permissions
     try:
         yield tmp
-        tmp.chmod(0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,25 @@
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+validate_config(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/splits.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    input:
+        "results/plots/multi_seed_accuracy.png",
+        "results/metrics/summary.csv",

@@ -1,0 +1,139 @@
+"""Aggregate every run's history into one tidy table, and summarise it per run.
+
+The aggregated HDF5 file holds two tables, each a group with one dataset per column:
+
+    /table   run, seed, split, epoch, metric, value   (one row per logged value)
+    /runs    run, label, model, order                 (the runs the config names, in its order)
+
+`read_table(path)` and `read_runs(path)` return them as pandas DataFrames.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import pandas as pd
+
+from ssvae import runfile
+from ssvae.io import atomic_output
+
+TABLE_COLUMNS = ("run", "seed", "split", "epoch", "metric", "value")
+
+
+def tidy_history(path: Path) -> pd.DataFrame:
+    """One run file as rows of (run, seed, split, epoch, metric, value)."""
+    attrs = runfile.read_attrs(path)
+    frames = []
+    for split, metrics in runfile.read_history(path).items():
+        epochs = metrics.pop("epoch")
+        for metric, values in metrics.items():
+            frames.append(
+                pd.DataFrame({"split": split, "epoch": epochs, "metric": metric, "value": values})
+            )
+    table = pd.concat(frames, ignore_index=True)
+    table.insert(0, "seed", int(attrs["seed"]))
+    table.insert(0, "run", str(attrs["run"]))
+    return table[list(TABLE_COLUMNS)]
+
+
+def _write_frame(group: h5py.Group, frame: pd.DataFrame) -> None:
+    for column in frame.columns:
+        values = frame[column].to_numpy()
+        if values.dtype == object:
+            group.create_dataset(
+                column, data=values.astype(str).tolist(), dtype=h5py.string_dtype()
+            )
+        else:
+            group.create_dataset(column, data=values)
+
+
+def _read_frame(group: h5py.Group, columns) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            c: group[c].asstr()[()] if h5py.check_string_dtype(group[c].dtype) else group[c][()]
+            for c in columns
+        }
+    )
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    with h5py.File(path, "r") as f:
+        return _read_frame(f["table"], TABLE_COLUMNS)
+
+
+def read_runs(path: Path) -> pd.DataFrame:
+    with h5py.File(path, "r") as f:
+        return _read_frame(f["runs"], ("run", "label", "model", "order"))
+
+
+def seed_curves(table: pd.DataFrame, run: str, split: str, metric: str) -> pd.DataFrame:
+    """Values of one metric as an epochs x seeds frame."""
+    rows = table[(table.run == run) & (table.split == split) & (table.metric == metric)]
+    return rows.pivot(index="epoch", columns="seed", values="value").sort_index()
+
+
+def summarize(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: validation accuracy over seeds at the best epoch of the mean curve and at the
+    last epoch, and test accuracy (mean and sample standard deviation over seeds)."""
+    rows = []
+    for run in runs.itertuples():
+        valid = seed_curves(table, run.run, "valid", "accuracy")
+        test = seed_curves(table, run.run, "test", "accuracy")
+        row = {"run": run.run, "label": run.label, "model": run.model, "n_seeds": valid.shape[1]}
+        if not valid.empty:
+            mean = valid.mean(axis=1)
+            best_epoch = int(mean.idxmax())
+            last_epoch = int(valid.index.max())
+            row |= {
+                "best_epoch": best_epoch,
+                "valid_accuracy_best_mean": mean[best_epoch],
+                "valid_accuracy_best_std": valid.loc[best_epoch].std(ddof=1),
+                "last_epoch": last_epoch,
+                "valid_accuracy_last_mean": mean[last_epoch],
+                "valid_accuracy_last_std": valid.loc[last_epoch].std(ddof=1),
+            }
+        if not test.empty:
+            final = test.iloc[-1]
+            row |= {"test_accuracy_mean": final.mean(), "test_accuracy_std": final.std(ddof=1)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_csv: Path) -> None:
+    """`runs` maps run id to {"label", "model"}, in the order figures should use."""
+    table = pd.concat([tidy_history(path) for path in run_files], ignore_index=True)
+    unknown = sorted(set(table.run) - set(runs))
+    if unknown:
+        raise ValueError(f"run file of run {unknown[0]!r}, which the run list does not name")
+    run_frame = pd.DataFrame(
+        [
+            {"run": run, "label": info["label"], "model": info["model"], "order": i}
+            for i, (run, info) in enumerate(runs.items())
+        ]
+    )
+    with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
+        _write_frame(f.create_group("table"), table)
+        _write_frame(f.create_group("runs"), run_frame)
+    with atomic_output(out_csv) as tmp:
+        summarize(table, run_frame).to_csv(tmp, index=False, float_format="%.6g")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ssvae-metrics",
+        description="Aggregate run files into a tidy HDF5 table and a per-run CSV summary.",
+    )
+    parser.add_argument("run_files", nargs="+", type=Path)
+    parser.add_argument(
+        "--runs", required=True, help='JSON object {run: {"label": ..., "model": ...}}, in order'
+    )
+    parser.add_argument("--out-h5", type=Path, required=True)
+    parser.add_argument("--out-csv", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        aggregate(args.run_files, json.loads(args.runs), args.out_h5, args.out_csv)
+    except (ValueError, OSError, KeyError) as err:
+        sys.exit(f"ssvae-metrics: error: {err}")
+    print(f"wrote {args.out_h5} and {args.out_csv}")

@@ -1,0 +1,74 @@
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+
+# The four MNIST IDX files, as ssvae.data fetches them.
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+MNIST_RAW = "results/data/mnist/raw/{name}.gz"
+MNIST_ARRAYS = "results/data/mnist.npz"
+RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
+# Source files whose edits must re-render what they produce (and nothing upstream).
+PACKAGE_DIR = Path(workflow.basedir) / "src" / "ssvae"
+
+
+def validate_config(config, schema_path):
+    """Stop before any job with one line naming the first invalid key and its value."""
+    schema = yaml.safe_load(Path(workflow.basedir, schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise WorkflowError(
+            f"invalid config: {key} = {error.instance!r}: {error.message}"
+        )
+    undefined = [run for run in config["compare"] if run not in config["runs"]]
+    if undefined:
+        raise WorkflowError(
+            f"invalid config: compare names {undefined[0]!r}, not defined in runs"
+        )
+
+
+def run_ids():
+    """The runs to train and compare, in config order (figure colours follow it)."""
+    return config["compare"]
+
+
+def run_files():
+    """Every (run, seed) training output that the config names."""
+    return expand(RUN_FILE, run=run_ids(), seed=config["seeds"])
+
+
+def train_config(wildcards):
+    """The resolved settings of one (run, seed) as JSON; a change to them retrains that run."""
+    run = config["runs"][wildcards.run]
+    settings = {
+        "run": wildcards.run,
+        "model": run["model"],
+        "params": run.get("params", {}),
+        "seed": int(wildcards.seed),
+        "epochs": config["epochs"],
+        "steps_per_epoch": config["steps_per_epoch"],
+        "eval_every": config["eval_every"],
+        **config.get("training", {}),
+    }
+    return json.dumps(settings, sort_keys=True)
+
+
+def runs_json():
+    """Run ids with their labels and models, in comparison order."""
+    runs = {
+        run: {
+            "label": config["runs"][run]["label"],
+            "model": config["runs"][run]["model"],
+        }
+        for run in run_ids()
+    }
+    return json.dumps(runs)

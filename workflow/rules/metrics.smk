@@ -1,0 +1,17 @@
+rule aggregate_metrics:
+    input:
+        runs=run_files(),
+        code=[PACKAGE_DIR / "metrics.py", PACKAGE_DIR / "runfile.py"],
+    output:
+        h5="results/metrics/metrics.h5",
+        csv="results/metrics/summary.csv",
+    log:
+        "results/logs/aggregate_metrics.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        runs=runs_json(),
+    shell:
+        "ssvae-metrics {input.runs:q} --runs {params.runs:q} "
+        "--out-h5 {output.h5:q} --out-csv {output.csv:q} > {log} 2>&1"

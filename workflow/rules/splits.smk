@@ -1,0 +1,15 @@
+rule labeled_split:
+    input:
+        # Checksum-verified data: a re-download (say, from another mirror) changes nothing downstream.
+        arrays=ancient(MNIST_ARRAYS),
+    output:
+        split="results/splits/seed{seed}.json",
+    log:
+        "results/logs/labeled_split/seed{seed}.log",
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    shell:
+        "ssvae-split --data {input.arrays:q} --seed {wildcards.seed} --out {output.split:q} > {log} 2>&1"
