@@ -1,0 +1,166 @@
+"""The real snakemake on the smoke preset, in a scratch copy of the workflow, as a user runs it."""
+
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ssvae import metrics
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src")
+SMOKE = "workflow/configs/smoke.yaml"
+RUNS, SEEDS = ("ExactM2", "MLP"), (1, 2)
+HANG_GUARD_S = 1200  # a stuck snakemake fails the test instead of stalling CI
+
+pytestmark = pytest.mark.e2e
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir()
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(
+                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(
+    workdir: Path, mnist_dir: Path, *args: str, config: tuple[str, ...] = (), check: bool = True
+):
+    """Run snakemake on the smoke preset with MNIST from `mnist_dir`, plus `config` overrides."""
+    command = [
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        SMOKE,
+        "--config",
+        f"mnist_sources=[{mnist_dir}]",
+        *config,
+        *args,
+    ]
+    result = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, mnist_dir: Path, *args: str) -> dict[str, int]:
+    """Rule name -> job count of a dry run ({} when there is nothing to do)."""
+    output = snakemake(workdir, mnist_dir, "--dry-run", *args).stdout
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("Reasons:")[0]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE))
+    jobs.pop("total")
+    return {rule: int(count) for rule, count in jobs.items()}
+
+
+def run_file(workdir: Path, run: str, seed: int) -> Path:
+    return workdir / f"results/runs/{run}/seed{seed}/metrics.h5"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def mtimes(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (root / "results").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, mnist_dir: Path) -> Path:
+    """The smoke DAG built once; the tests below read it or run snakemake on it again."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("e2e") / "wf")
+    snakemake(workdir, mnist_dir)
+    return workdir
+
+
+def test_smoke_run_builds_every_output(built: Path) -> None:
+    for seed in SEEDS:
+        assert (built / f"results/splits/seed{seed}.json").exists()
+        for run in RUNS:
+            assert run_file(built, run, seed).exists()
+            log = (built / f"results/logs/train/{run}/seed{seed}.log").read_text()
+            assert len(re.findall(r"^epoch +\d+/2 ", log, flags=re.MULTILINE)) == 3
+    table = metrics.read_table(built / "results/metrics/metrics.h5")
+    assert set(table.run) == set(RUNS)
+    assert set(table.seed) == set(SEEDS)
+    assert set(table.split) == {"train", "valid", "test"}
+    summary = pd.read_csv(built / "results/metrics/summary.csv")
+    assert summary.run.tolist() == list(RUNS)
+    assert summary.n_seeds.tolist() == [2, 2]
+    assert summary.test_accuracy_mean.between(0, 1).all()
+    assert png_size(built / "results/plots/multi_seed_accuracy.png") == (648, 432)
+
+
+def test_second_run_does_nothing(built: Path, mnist_dir: Path) -> None:
+    before = mtimes(built)
+    result = snakemake(built, mnist_dir)
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert mtimes(built) == before
+
+
+def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: Path) -> None:
+    (built / "src/ssvae/plots.py").touch()
+    assert planned_jobs(built, mnist_dir) == {"plot_multi_seed_accuracy": 1, "all": 1}
+
+
+def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:
+    target = "results/runs/ExactM2/seed1/metrics.h5"
+    assert planned_jobs(built, mnist_dir, "--forcerun", "train", target) == {"train": 1}
+    before = mtimes(built)
+    snakemake(built, mnist_dir, "--forcerun", "train", target)
+    changed = {p for p, t in mtimes(built).items() if before.get(p) != t}
+    assert run_file(built, "ExactM2", 1) in changed
+    other_runs = {run_file(built, run, seed) for run in RUNS for seed in SEEDS}
+    assert not (changed & (other_runs - {run_file(built, "ExactM2", 1)}))
+    # The comparison then re-aggregates and re-renders, and trains nothing else.
+    assert planned_jobs(built, mnist_dir) == {
+        "aggregate_metrics": 1,
+        "plot_multi_seed_accuracy": 1,
+        "all": 1,
+    }
+
+
+def test_one_seed_target_needs_only_its_own_jobs(tmp_path: Path, mnist_dir: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    target = "results/runs/ExactM2/seed3/metrics.h5"
+    assert planned_jobs(workdir, mnist_dir, target) == {
+        "download_mnist": 1,
+        "prepare_mnist": 1,
+        "labeled_split": 1,
+        "train": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("epochs=0", "epochs = 0"),
+        ("seeds=[1,-2]", "seeds.1"),
+        ("compare=[NoSuchRun]", "NoSuchRun"),
+    ],
+)
+def test_invalid_config_stops_before_any_job(
+    tmp_path: Path, mnist_dir: Path, override: str, named: str
+) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    result = snakemake(workdir, mnist_dir, config=(override,), check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "invalid config" in line]
+    assert len(errors) == 1 and named in errors[0]
+    assert not (workdir / "results").exists()
