@@ -37,8 +37,10 @@ def snakemake(
     workdir: Path, mnist_dir: Path, *args: str, config: tuple[str, ...] = (), check: bool = True
 ):
     """Run snakemake on the smoke preset with MNIST from `mnist_dir`, plus `config` overrides."""
+    # `args` come first: options such as --forcerun and --config take every value after them.
     command = [
         "snakemake",
+        *args,
         "--cores",
         "2",
         "--configfile",
@@ -46,7 +48,6 @@ def snakemake(
         "--config",
         f"mnist_sources=[{mnist_dir}]",
         *config,
-        *args,
     ]
     result = subprocess.run(
         command, cwd=workdir, capture_output=True, text=True, timeout=HANG_GUARD_S
@@ -58,7 +59,7 @@ def snakemake(
 
 def planned_jobs(workdir: Path, mnist_dir: Path, *args: str) -> dict[str, int]:
     """Rule name -> job count of a dry run ({} when there is nothing to do)."""
-    output = snakemake(workdir, mnist_dir, "--dry-run", *args).stdout
+    output = snakemake(workdir, mnist_dir, *args, "--dry-run").stdout
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:")[1].split("Reasons:")[0]
@@ -115,15 +116,16 @@ def test_second_run_does_nothing(built: Path, mnist_dir: Path) -> None:
 
 
 def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: Path) -> None:
-    (built / "src/ssvae/plots.py").touch()
+    plot_code = built / "src/ssvae/plots.py"
+    plot_code.write_text(plot_code.read_text() + "\n# an edit to the figure code\n")
     assert planned_jobs(built, mnist_dir) == {"plot_multi_seed_accuracy": 1, "all": 1}
 
 
 def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:
     target = "results/runs/ExactM2/seed1/metrics.h5"
-    assert planned_jobs(built, mnist_dir, "--forcerun", "train", target) == {"train": 1}
+    assert planned_jobs(built, mnist_dir, target, "--forcerun", "train") == {"train": 1}
     before = mtimes(built)
-    snakemake(built, mnist_dir, "--forcerun", "train", target)
+    snakemake(built, mnist_dir, target, "--forcerun", "train")
     changed = {p for p, t in mtimes(built).items() if before.get(p) != t}
     assert run_file(built, "ExactM2", 1) in changed
     other_runs = {run_file(built, run, seed) for run in RUNS for seed in SEEDS}
