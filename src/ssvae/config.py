@@ -32,6 +32,13 @@ class TrainConfig:
     z_noise_std: float = 0.05
 
     def __post_init__(self):
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            accepted = (int, float) if setting.type is float else setting.type
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                raise ConfigError(
+                    f"{setting.name}: expected {setting.type.__name__}, got {value!r}"
+                )
         if self.model not in MODELS:
             known = ", ".join(sorted(MODELS))
             raise ConfigError(f"model: unknown model name {self.model!r} (known: {known})")
@@ -54,7 +61,10 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{key}: value out of range: {getattr(self, key)!r}")
-        MODELS[self.model].check_params(self.params)
+        try:
+            MODELS[self.model].check_params(self.params)
+        except ValueError as err:
+            raise ConfigError(f"params.{err}") from err
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

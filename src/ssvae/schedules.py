@@ -1,6 +1,5 @@
 """Annealing and learning-rate schedules as functions of the step or epoch (spec 4.2, 4.5)."""
 
-import math
 from dataclasses import dataclass
 
 
@@ -42,7 +41,11 @@ def annealing(step: int, classifier_steps: int) -> Annealing:
 
 
 def learning_rate(epoch: int, initial: float, decay: float, floor: float) -> float:
-    """The rate epoch `epoch` (0-based) trains with: divided by `decay` after every epoch, but
-    never below `floor` (a division that would cross the floor is skipped, as in the original)."""
-    max_decays = math.floor(math.log(initial / floor) / math.log(decay)) if decay > 1 else 0
-    return initial / decay ** min(epoch, max_decays)
+    """The rate epoch `epoch` (0-based) trains with, by the original's rule: after each epoch
+    lr <- lr/decay, unless that would fall below `floor` (then it stays)."""
+    lr = initial
+    for _ in range(epoch):
+        if lr / decay < floor:
+            break
+        lr /= decay
+    return lr

@@ -144,7 +144,11 @@ def train(
         for i in range(cfg.steps_per_epoch):
             step += 1
             coefs = annealing(step, cfg.anneal_classifier_steps)
-            x_unlabeled = binarize(train_x[order[i * batch : (i + 1) * batch]])
+            x_unlabeled = (
+                binarize(train_x[order[i * batch : (i + 1) * batch]])
+                if model.uses_unlabeled
+                else None
+            )
             pick = torch.randint(len(labeled_x), (batch,), device=device)
             result = model(x_unlabeled, binarize(labeled_x[pick]), labeled_y[pick], coefs)
             squared_norm = torch.stack([p.square().sum() for p in params]).sum()
@@ -167,7 +171,6 @@ def train(
             if model.uses_unlabeled:  # the original's MLP has no annealing variables to log
                 for name, value in vars(coefs).items():
                     schedule_sums[f"hyperparameters/annealing/{name}"] += value
-                schedule_sums["hyperparameters/sharpening"] += coefs.sharpening
 
         train_metrics = _means(sums, cfg.steps_per_epoch)
         if first_bad_step.item() >= 0:
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig.from_dict(json.loads(args.run_config))
     except json.JSONDecodeError as err:
         sys.exit(f"ssvae-train: error: --run-config is not valid JSON ({err})")
-    except (ConfigError, ValueError) as err:
+    except ConfigError as err:
         sys.exit(f"ssvae-train: error: {err}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,208 @@
+"""ssvae.nn: BatchNorm per sub-graph, maxout stacks, networks, init and the basic terms (spec 2)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal, kl_divergence
+
+from ssvae.nn import (
+    ClassifierNet,
+    Decoder,
+    MaxoutStack,
+    Subgraph,
+    SubgraphBatchNorm,
+    ZEncoder,
+    bernoulli_nll,
+    categorical_kl_uniform,
+    gaussian_kl,
+    init_uniform_,
+)
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.05
+WIDTH = 6
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture
+def bn() -> SubgraphBatchNorm:
+    layer = SubgraphBatchNorm(WIDTH).double()
+    init_uniform_(layer)
+    return layer
+
+
+def normalised(bn: SubgraphBatchNorm, x: torch.Tensor, mean, var) -> torch.Tensor:
+    return bn.gamma * (x - mean) / torch.sqrt(var + BN_EPS) + bn.beta
+
+
+def running_stats(bn: SubgraphBatchNorm, subgraph: Subgraph):
+    return bn.running_mean[subgraph], bn.running_var[subgraph]
+
+
+# Shifted and scaled so that batch statistics are far from the initial running stats (0, 1).
+def batch(seed: int, rows: int = 8) -> torch.Tensor:
+    return 3.0 + 2.0 * randn(rows, WIDTH, seed=seed)
+
+
+class TestSubgraphBatchNorm:
+    def test_training_output_uses_biased_batch_variance(self, bn) -> None:
+        x = batch(seed=1)
+        expected = normalised(bn, x, x.mean(0), x.var(0, unbiased=False))
+        torch.testing.assert_close(bn(x, Subgraph.LABELED), expected)
+
+    def test_gradient_flows_through_the_batch_statistics(self, bn) -> None:
+        # Each normalised column sums to zero whatever x is, so d(sum y)/dx vanishes only when
+        # the gradient also flows through the batch mean.
+        x = batch(seed=1).requires_grad_()
+        bn(x, Subgraph.LABELED).sum().backward()
+        torch.testing.assert_close(x.grad, torch.zeros_like(x), atol=1e-10, rtol=0)
+
+    def test_first_update_copies_batch_mean_and_unbiased_variance(self, bn) -> None:
+        x = batch(seed=1)
+        bn(x, Subgraph.LABELED)
+        mean, var = running_stats(bn, Subgraph.LABELED)
+        torch.testing.assert_close(mean, x.mean(0))
+        torch.testing.assert_close(var, x.var(0, unbiased=True))
+
+    def test_later_updates_blend_with_momentum(self, bn) -> None:
+        first, second = batch(seed=1), batch(seed=2)
+        bn(first, Subgraph.LABELED)
+        bn(second, Subgraph.LABELED)
+        mean, var = running_stats(bn, Subgraph.LABELED)
+        keep = 1 - BN_MOMENTUM
+        torch.testing.assert_close(mean, keep * first.mean(0) + BN_MOMENTUM * second.mean(0))
+        torch.testing.assert_close(var, keep * first.var(0) + BN_MOMENTUM * second.var(0))
+
+    def test_other_subgraphs_statistics_are_untouched(self, bn) -> None:
+        bn(batch(seed=1), Subgraph.LABELED)
+        for other in (Subgraph.UNLABELED, Subgraph.CLASSIFIER):
+            mean, var = running_stats(bn, other)
+            torch.testing.assert_close(mean, torch.zeros(WIDTH, dtype=torch.float64))
+            torch.testing.assert_close(var, torch.ones(WIDTH, dtype=torch.float64))
+            assert not bn.updated[other].item()
+        assert bn.updated[Subgraph.LABELED].item()
+
+    def test_eval_uses_the_named_subgraphs_running_statistics(self, bn) -> None:
+        bn(batch(seed=1), Subgraph.LABELED)
+        bn(batch(seed=2) * 5.0, Subgraph.CLASSIFIER)
+        bn.eval()
+        x = batch(seed=3, rows=4)
+        for subgraph in (Subgraph.LABELED, Subgraph.CLASSIFIER):
+            expected = normalised(bn, x, *running_stats(bn, subgraph))
+            torch.testing.assert_close(bn(x, subgraph), expected)
+        assert not torch.allclose(bn(x, Subgraph.LABELED), bn(x, Subgraph.CLASSIFIER))
+
+    def test_affine_parameters_are_shared_by_all_subgraphs(self, bn) -> None:
+        assert len(list(bn.parameters())) == 2
+        assert n_params(bn) == 2 * WIDTH
+
+
+class TestMaxoutStack:
+    @staticmethod
+    def reference_layer(linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        """Linear by hand, then out[:, j] = max(pre[:, 4j], ..., pre[:, 4j+3])."""
+        pre = h @ linear.weight.T + linear.bias
+        width = pre.shape[1] // 4
+        return torch.stack([pre[:, 4 * j : 4 * j + 4].max(1).values for j in range(width)], 1)
+
+    def test_maxout_over_four_consecutive_units(self) -> None:
+        stack = MaxoutStack(7, 5, n_layers=2, batchnorm=False).double()
+        init_uniform_(stack)
+        x = randn(3, 7)
+        first, second = stack.linears
+        expected = self.reference_layer(second, self.reference_layer(first, x))
+        torch.testing.assert_close(stack(x), expected)
+
+    def test_stack_without_batchnorm_has_only_linear_layers(self) -> None:
+        stack = MaxoutStack(7, 5, n_layers=2, batchnorm=False)
+        assert not any(isinstance(m, SubgraphBatchNorm) for m in stack.modules())
+        assert n_params(stack) == (7 * 20 + 20) + (5 * 20 + 20)
+
+    def test_zero_layers_is_the_identity(self) -> None:
+        x = randn(3, 7)
+        torch.testing.assert_close(MaxoutStack(7, 5, n_layers=0, batchnorm=True)(x), x)
+
+
+class TestParameterCounts:
+    """The breakdown in spec 2.5, which fixes the clipping threshold."""
+
+    def test_classifier_network(self) -> None:
+        net = ClassifierNet(dropout=0.25)
+        assert n_params(net.trunk) == 2_035_200
+        assert n_params(net.head) == 727_200
+        assert [n_params(output) for output in net.outputs] == [3_010]
+
+    def test_z_encoder(self) -> None:
+        assert n_params(ZEncoder()) == 1_120_600
+
+    def test_decoder(self) -> None:
+        assert n_params(Decoder()) == 688_784
+
+
+def test_init_uniform_draws_every_parameter_from_the_init_range() -> None:
+    networks = nn.ModuleList([ClassifierNet(dropout=0.25), ZEncoder(), Decoder()])
+    init_uniform_(networks)
+    for name, param in networks.named_parameters():
+        assert param.min() >= -0.1, name
+        assert param.max() <= 0.1, name
+        assert param.max() > param.min(), f"{name} is constant"
+    bn_gammas = [m.gamma for m in networks.modules() if isinstance(m, SubgraphBatchNorm)]
+    assert bn_gammas, "the inference networks use BatchNorm"
+
+
+class TestBasicTerms:
+    def test_gaussian_kl_matches_torch_distributions(self) -> None:
+        mu, logcov2 = randn(5, 50, seed=1), 2.0 * randn(5, 50, seed=2)
+        expected = kl_divergence(Normal(mu, torch.exp(0.5 * logcov2)), Normal(0.0, 1.0))
+        torch.testing.assert_close(gaussian_kl(mu, logcov2), expected)
+
+    @pytest.mark.parametrize("scale", [1.0, 30.0])
+    def test_categorical_kl_uniform_matches_torch_distributions(self, scale: float) -> None:
+        logits = scale * torch.tanh(randn(6, 10, seed=3))
+        logits[0] = torch.tensor([30.0] + [-30.0] * 9, dtype=torch.float64)
+        uniform = Categorical(probs=torch.full((10,), 0.1, dtype=torch.float64))
+        expected = kl_divergence(Categorical(logits=logits), uniform)
+        got = categorical_kl_uniform(logits)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected)
+        assert got[0].item() == pytest.approx(math.log(10), rel=1e-9)
+
+    def test_bernoulli_nll_matches_a_float64_formula(self) -> None:
+        logits = 10.0 * randn(4, 784, seed=4)
+        logits[0, :4] = torch.tensor([30.0, -30.0, 30.0, -30.0], dtype=torch.float64)
+        x = (randn(4, 784, seed=5) > 0).double()
+        x[0, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+        # log p = -log(1 + e^-l) and log(1 - p) = -log(1 + e^l), stable through logaddexp
+        lg, xs = logits.numpy(), x.numpy()
+        log_p, log_not_p = -np.logaddexp(0.0, -lg), -np.logaddexp(0.0, lg)
+        expected = -(xs * log_p + (1 - xs) * log_not_p).sum(1)
+        got = bernoulli_nll(logits, x)
+        assert torch.isfinite(got).all()
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+        assert got[0].item() > 60.0  # the two confidently wrong pixels cost about 30 nats each
+
+
+def test_logits_are_clipped_with_zero_gradient_outside() -> None:
+    net = ClassifierNet(dropout=0.0).double()
+    init_uniform_(net)
+    output = net.outputs[0]
+    raw_logits = torch.tensor([-9.0, -6.0, -4.5, -2.0, 0.0, 1.0, 3.0, 4.9, 5.5, 12.0])
+    with torch.no_grad():
+        output.weight.zero_()
+        output.bias.copy_(raw_logits)
+    hx = randn(4, 300)
+    (logits,) = net.heads(hx, Subgraph.CLASSIFIER)
+    torch.testing.assert_close(logits, raw_logits.double().clamp(-5, 5).expand(4, 10))
+    logits.sum().backward()
+    inside = (raw_logits.abs() < 5).double()
+    torch.testing.assert_close(output.bias.grad, 4 * inside)

@@ -1,0 +1,222 @@
+"""ssvae.train: short real training runs on a reduced MNIST, and the HDF5 file they write."""
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import ssvae
+from ssvae import data, runfile
+from ssvae.config import ConfigError, TrainConfig
+from ssvae.models import MLP
+from ssvae.splits import write_split
+from ssvae.train import TrainingDiverged, train
+
+SEED = 3
+N_TRAIN, N_EVAL = 1000, 100
+# Small batches keep the CPU time down; 20 unlabeled images still give ExactM2 the 200
+# class-enumerated q(z|.) rows from which the last 100 are kept.
+TINY_RUN = {"epochs": 1, "steps_per_epoch": 2, "eval_every": 1, "batch_size": 20}
+N_PARAMS = {"ExactM2": 4_574_794, "MLP": 2_765_410}
+VAE_TRAIN_METRICS = {
+    "loss",
+    "bound",
+    "boundU",
+    "boundL",
+    "classifier",
+    "accuracy",
+    "objective",
+    "pnorm",
+    "gnorm",
+    "hyperparameters/lr",
+    "p(x)/KL_Z",
+    "p(x)/KL_Y",
+    "p(x)/nllX",
+    "p(x,y)/KL_Z",
+    "p(x,y)/nllX",
+}
+
+
+@pytest.fixture(scope="module")
+def small_mnist(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared arrays cut to 1,000 training and 100 validation and test images."""
+    arrays = data.load(prepared_mnist)
+    sizes = {"train": N_TRAIN, "valid": N_EVAL, "test": N_EVAL}
+    small = {key: values[: sizes[key.split("_")[0]]] for key, values in arrays.items()}
+    path = tmp_path_factory.mktemp("small_mnist") / "mnist.npz"
+    np.savez(path, **small)
+    return path
+
+
+def split_file(small_mnist: Path, directory: Path, seed: int = SEED) -> Path:
+    path = directory / f"split_seed{seed}.json"
+    write_split(data.load(small_mnist)["train_y"], seed, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_split(small_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return split_file(small_mnist, tmp_path_factory.mktemp("split"))
+
+
+def tiny_config(model: str, **overrides) -> TrainConfig:
+    return TrainConfig(run=f"tiny_{model}", model=model, seed=SEED, **(TINY_RUN | overrides))
+
+
+def train_quietly(cfg: TrainConfig, small_mnist: Path, split: Path, out: Path) -> None:
+    train(cfg, small_mnist, split, out, torch.device("cpu"), log=lambda *args, **kwargs: None)
+
+
+def run_tiny(model: str, small_mnist, small_split, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(model) / "run.h5"
+    train_quietly(tiny_config(model), small_mnist, small_split, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact_m2_run(small_mnist, small_split, tmp_path_factory) -> Path:
+    return run_tiny("ExactM2", small_mnist, small_split, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def mlp_run(small_mnist, small_split, tmp_path_factory) -> Path:
+    return run_tiny("MLP", small_mnist, small_split, tmp_path_factory)
+
+
+def datasets(group: h5py.Group) -> dict[str, np.ndarray]:
+    """Every dataset under `group`, by its path relative to it."""
+    found = {}
+
+    def collect(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj[()]
+
+    group.visititems(collect)
+    return found
+
+
+class TestExactM2RunFile:
+    def test_attributes(self, exact_m2_run: Path) -> None:
+        with h5py.File(exact_m2_run) as f:
+            attrs = dict(f.attrs)
+        assert attrs["run"] == "tiny_ExactM2"
+        assert attrs["model"] == "ExactM2"
+        assert attrs["seed"] == SEED
+        assert attrs["n_params"] == N_PARAMS["ExactM2"]
+        assert attrs["ssvae_version"] == ssvae.__version__
+        assert attrs["torch_version"] == str(torch.__version__)
+        assert attrs["device"] == "cpu"
+        assert json.loads(attrs["config"]) == dataclasses.asdict(tiny_config("ExactM2"))
+
+    def test_epochs_of_each_split(self, exact_m2_run: Path) -> None:
+        with h5py.File(exact_m2_run) as f:
+            assert f["train/epoch"][()].tolist() == [0, 1]
+            assert f["valid/epoch"][()].tolist() == [0, 1]
+            assert f["test/epoch"][()].tolist() == [1]
+
+    def test_train_metrics(self, exact_m2_run: Path) -> None:
+        with h5py.File(exact_m2_run) as f:
+            train_metrics = datasets(f["train"])
+        assert set(train_metrics) >= VAE_TRAIN_METRICS
+        for name in VAE_TRAIN_METRICS:
+            assert train_metrics[name].shape == (2,), name
+            assert np.isfinite(train_metrics[name]).all(), name
+        np.testing.assert_allclose(train_metrics["hyperparameters/lr"], [5e-4, 5e-4 / 1.0005])
+        # The clipped norm is float32, so it may exceed the float64 threshold by a rounding step.
+        max_grad_norm = 2.5 * N_PARAMS["ExactM2"] / 1000
+        assert (train_metrics["gnorm"] <= max_grad_norm * (1 + 1e-6)).all()
+
+    def test_validation_accuracy_is_a_fraction(self, exact_m2_run: Path) -> None:
+        with h5py.File(exact_m2_run) as f:
+            accuracy = f["valid/accuracy"][()]
+        assert accuracy.shape == (2,)
+        assert ((accuracy >= 0) & (accuracy <= 1)).all()
+
+    def test_z_statistics_and_samples(self, exact_m2_run: Path) -> None:
+        with h5py.File(exact_m2_run) as f:
+            assert f["z_stats/mu_last_batch"].shape == (2, 100, 50)
+            assert f["z_stats/logcov2_last_batch"].shape == (2, 100, 50)
+            assert f["z_stats/kl_per_dim_mean"].shape == (2, 50)
+            samples = f["samples/p(x)"]
+            assert samples.shape == (2, 1000, 784)
+            assert samples.dtype == np.uint8
+
+    def test_read_history_returns_what_the_file_holds(self, exact_m2_run: Path) -> None:
+        history = runfile.read_history(exact_m2_run)
+        assert set(history) == set(runfile.SPLITS)
+        with h5py.File(exact_m2_run) as f:
+            for split in runfile.SPLITS:
+                stored = datasets(f[split])
+                assert set(history[split]) == set(stored)
+                for name, values in stored.items():
+                    np.testing.assert_array_equal(history[split][name], values, err_msg=name)
+
+
+def test_mlp_run_file(mlp_run: Path) -> None:
+    with h5py.File(mlp_run) as f:
+        assert "z_stats" not in f
+        assert "samples" not in f
+        assert f.attrs["n_params"] == N_PARAMS["MLP"]
+        for name in ("classifier", "accuracy", "loss"):
+            assert f[f"train/{name}"].shape == (2,), name
+        accuracy = f["valid/accuracy"][()]
+    assert ((accuracy >= 0) & (accuracy <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    "run_config",
+    ['{"run": "r", "model": "NoSuchModel", "seed": 3}', '{"run": "r", "model": '],
+    ids=["unknown-model", "invalid-json"],
+)
+def test_cli_rejects_a_bad_run_config(
+    run_console_script, small_mnist: Path, small_split: Path, tmp_path: Path, run_config: str
+) -> None:
+    out = tmp_path / "run.h5"
+    result = run_console_script(
+        "ssvae-train",
+        *("--data", str(small_mnist), "--split", str(small_split), "--out", str(out)),
+        *("--run-config", run_config, "--device", "cpu"),
+    )
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ssvae-train: error:")
+    assert not out.exists()
+
+
+def test_split_of_another_seed_is_refused(small_mnist: Path, tmp_path: Path) -> None:
+    other_seed_split = split_file(small_mnist, tmp_path, seed=SEED + 1)
+    out = tmp_path / "run.h5"
+    with pytest.raises(ConfigError, match="seed"):
+        train_quietly(tiny_config("MLP"), small_mnist, other_seed_split, out)
+    assert not out.exists()
+
+
+def test_non_finite_objective_stops_the_run(
+    monkeypatch, small_mnist: Path, small_split: Path, tmp_path: Path
+) -> None:
+    training_steps = itertools.count(1)
+    forward = MLP.forward
+
+    def forward_with_nan_at_step_3(self, *args):
+        result = forward(self, *args)
+        if self.training and next(training_steps) == 3:
+            return dataclasses.replace(result, objective=result.objective * float("nan"))
+        return result
+
+    monkeypatch.setattr(MLP, "forward", forward_with_nan_at_step_3)
+    out = tmp_path / "run.h5"
+    # Steps 1-2 are epoch 0 and steps 3-4 epoch 1.
+    with pytest.raises(TrainingDiverged) as raised:
+        train_quietly(tiny_config("MLP"), small_mnist, small_split, out)
+    message = str(raised.value)
+    assert "tiny_MLP" in message
+    assert f"seed {SEED}" in message
+    assert "epoch 1" in message
+    assert "step 3" in message
+    assert not out.exists()
