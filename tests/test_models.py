@@ -216,14 +216,15 @@ class TestSettings:
     @pytest.mark.parametrize("params", [{"kl_factor": 0}, {"kl_factor": -1.0}, {"foo": 1}])
     def test_exact_m2_rejects_bad_params(self, params: dict) -> None:
         with pytest.raises(ValueError, match=next(iter(params))):
-            ExactM2.check_params(params)
+            ExactM2.resolve_params(params)
 
-    def test_exact_m2_accepts_kl_factor(self) -> None:
-        ExactM2.check_params({"kl_factor": 1.0})
+    def test_exact_m2_fills_in_the_default_kl_factor(self) -> None:
+        assert ExactM2.resolve_params({}) == {"kl_factor": 2.0}
+        assert ExactM2.resolve_params({"kl_factor": 1}) == {"kl_factor": 1.0}
 
     def test_mlp_rejects_any_param(self) -> None:
         with pytest.raises(ValueError, match="kl_factor"):
-            MLP.check_params({"kl_factor": 2.0})
+            MLP.resolve_params({"kl_factor": 2.0})
 
     def test_unknown_model_name(self) -> None:
         with pytest.raises(ConfigError) as raised:

@@ -16,7 +16,7 @@ class TrainConfig:
     run: str
     model: str
     seed: int
-    params: dict = field(default_factory=dict)  # model-specific, e.g. ExactM2's kl_factor
+    params: dict = field(default_factory=dict)  # model-specific (kl_factor, sharpening, ...)
     epochs: int = 300  # the last epoch index: epochs 0..300 are 301 epochs of training
     steps_per_epoch: int = 500
     eval_every: int = 10
@@ -62,7 +62,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{key}: value out of range: {getattr(self, key)!r}")
         try:
-            MODELS[self.model].check_params(self.params)
+            # Frozen, so set through object: record every setting the model will use.
+            object.__setattr__(self, "params", MODELS[self.model].resolve_params(self.params))
         except ValueError as err:
             raise ConfigError(f"params.{err}") from err
 

@@ -11,8 +11,9 @@ def build_model(
     name: str, params: dict, input_dropout: float, classifier_weight: float, z_noise_std: float
 ) -> Model:
     cls = MODELS[name]
+    settings = cls.resolve_params(params)
     if issubclass(cls, SemiSupervisedVAE):
-        model = cls(input_dropout, classifier_weight, z_noise_std, **params)
+        model = cls(input_dropout, classifier_weight, z_noise_std, **settings)
     else:
         model = cls(input_dropout, classifier_weight)
     model.reset_parameters()

@@ -22,6 +22,14 @@ from ssvae.schedules import Annealing
 LOG_N_CLASSES = math.log(N_CLASSES)  # -log p(y) under the uniform prior
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One model-specific setting of a run's `params`."""
+
+    default: float | None = None  # None: every run must give it (sharpening, spec 7.1)
+    positive: bool = True
+
+
 @dataclass
 class PathTerms:
     """One VAE path (unlabeled or labeled) on a batch, every tensor per example."""
@@ -45,6 +53,7 @@ class Model(nn.Module):
     """A model of the comparison: the q(y|x) classifier, plus whatever it adds around it."""
 
     uses_unlabeled = True
+    settings: dict[str, Setting] = {}
 
     def __init__(self, input_dropout: float, classifier_weight: float):
         super().__init__()
@@ -52,10 +61,21 @@ class Model(nn.Module):
         self.classifier = ClassifierNet(input_dropout)
 
     @classmethod
-    def check_params(cls, params: dict) -> None:
-        """Raise ValueError naming any model-specific setting that is unknown or out of range."""
-        if params:
-            raise ValueError(f"{next(iter(params))}: not a setting of model {cls.__name__}")
+    def resolve_params(cls, params: dict) -> dict[str, float]:
+        """Every setting of the model, defaults filled in; ValueError names the first bad one."""
+        for name, value in params.items():
+            if name not in cls.settings:
+                raise ValueError(f"{name}: not a setting of model {cls.__name__}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
+            if cls.settings[name].positive and value <= 0:
+                raise ValueError(f"{name}: must be positive, got {value!r}")
+        missing = [
+            name for name, s in cls.settings.items() if s.default is None and name not in params
+        ]
+        if missing:
+            raise ValueError(f"{missing[0]}: model {cls.__name__} needs it set explicitly")
+        return {name: float(params.get(name, s.default)) for name, s in cls.settings.items()}
 
     def reset_parameters(self) -> None:
         init_uniform_(self)

@@ -3,23 +3,18 @@
 import torch
 import torch.nn.functional as F
 
-from ssvae.models.base import PathTerms, SemiSupervisedVAE
+from ssvae.models.base import PathTerms, SemiSupervisedVAE, Setting
 from ssvae.nn import N_CLASSES, Subgraph, categorical_kl_uniform, gaussian_kl
 from ssvae.schedules import Annealing
 
 
 class ExactM2(SemiSupervisedVAE):
-    def __init__(self, input_dropout, classifier_weight, z_noise_std, kl_factor: float = 2.0):
-        super().__init__(input_dropout, classifier_weight, z_noise_std)
-        # The original doubles KL_Z inside the unlabeled sum (spec 7.2); 1.0 gives the true ELBO.
-        self.kl_factor = kl_factor
+    # The original doubles KL_Z inside the unlabeled sum (spec 7.2); 1.0 gives the true ELBO.
+    settings = {"kl_factor": Setting(default=2.0)}
 
-    @classmethod
-    def check_params(cls, params: dict) -> None:
-        super().check_params({k: v for k, v in params.items() if k != "kl_factor"})
-        kl_factor = params.get("kl_factor", 2.0)
-        if not (isinstance(kl_factor, (int, float)) and kl_factor > 0):
-            raise ValueError(f"kl_factor: must be a positive number, got {kl_factor!r}")
+    def __init__(self, input_dropout, classifier_weight, z_noise_std, kl_factor: float):
+        super().__init__(input_dropout, classifier_weight, z_noise_std)
+        self.kl_factor = kl_factor
 
     def unlabeled(self, x: torch.Tensor, annealing: Annealing) -> PathTerms:
         batch = len(x)
