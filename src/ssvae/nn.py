@@ -165,3 +165,33 @@ def categorical_kl_uniform(logits: torch.Tensor) -> torch.Tensor:
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x) under independent Bernoullis with the given logits, per example."""
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def relaxed_one_hot(
+    logits: torch.Tensor, noise: torch.Tensor, sharpening: float, straight_through: bool
+) -> torch.Tensor:
+    """softmax(s * (logits + noise)); straight-through: the one-hot of its argmax going forward
+    and the soft sample's gradient going back (spec 3.4, 3.5)."""
+    soft = F.softmax(sharpening * (logits + noise), dim=-1)
+    if not straight_through:
+        return soft
+    hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def gumbel_noise(shape, like: torch.Tensor) -> torch.Tensor:
+    """-log(-log u) with u ~ U(1e-10, 1 - 1e-10), as the original draws it."""
+    u = torch.rand(shape, dtype=like.dtype, device=like.device) * (1 - 2e-10) + 1e-10
+    return -torch.log(-torch.log(u))
+
+
+def sample_log_gamma(concentration: torch.Tensor) -> torch.Tensor:
+    """log G with G ~ Gamma(concentration, 1), drawn in log space and without gradient.
+
+    log G(b) = log G(b + 1) + log(U) / b: for small b the result is a large negative number
+    rather than the log(0) = -inf a direct Gamma(b) draw underflows to (spec 7.16).
+    """
+    with torch.no_grad():
+        boosted = torch.distributions.Gamma(concentration + 1, 1.0).sample()
+        log_uniform = -torch.empty_like(concentration).exponential_()
+        return boosted.log() + log_uniform / concentration

@@ -1,10 +1,28 @@
 """The models of the comparison, by the name a run's config gives."""
 
+from ssvae.models.approx_m2 import ApproxM2
 from ssvae.models.base import Model, SemiSupervisedVAE
 from ssvae.models.exact_m2 import ExactM2
+from ssvae.models.gumbel_softmax_m2 import GumbelSoftmaxM2, STGumbelSoftmaxM2
+from ssvae.models.log_gamma import LogGamma
+from ssvae.models.logistic_normal import LogisticNormal
+from ssvae.models.logistic_normal_m2 import LogisticNormalM2, STLogisticNormalM2
 from ssvae.models.mlp import MLP
 
-MODELS: dict[str, type[Model]] = {"ExactM2": ExactM2, "MLP": MLP}
+MODELS: dict[str, type[Model]] = {
+    model.__name__: model
+    for model in (
+        ExactM2,
+        ApproxM2,
+        GumbelSoftmaxM2,
+        STGumbelSoftmaxM2,
+        LogisticNormalM2,
+        STLogisticNormalM2,
+        LogisticNormal,
+        LogGamma,
+        MLP,
+    )
+}
 
 
 def build_model(

@@ -54,11 +54,14 @@ class Model(nn.Module):
 
     uses_unlabeled = True
     settings: dict[str, Setting] = {}
+    # q(y|x) ends in one clipped logit head; LogisticNormal asks for two unclipped ones.
+    classifier_outputs = 1
+    clip_logits = True
 
     def __init__(self, input_dropout: float, classifier_weight: float):
         super().__init__()
         self.classifier_weight = classifier_weight
-        self.classifier = ClassifierNet(input_dropout)
+        self.classifier = ClassifierNet(input_dropout, self.classifier_outputs, self.clip_logits)
 
     @classmethod
     def resolve_params(cls, params: dict) -> dict[str, float]:
@@ -80,14 +83,14 @@ class Model(nn.Module):
     def reset_parameters(self) -> None:
         init_uniform_(self)
 
-    def classifier_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def classifier_log_probs(self, x: torch.Tensor, annealing: Annealing) -> torch.Tensor:
         """log q(y|x) on the classifier sub-graph (BatchNorm statistics of labeled batches only)."""
         hx = self.classifier.hidden(x, Subgraph.CLASSIFIER)
         return F.log_softmax(self.classifier.heads(hx, Subgraph.CLASSIFIER)[0], dim=-1)
 
-    def classifier_terms(self, x: torch.Tensor, y: torch.Tensor):
+    def classifier_terms(self, x: torch.Tensor, y: torch.Tensor, annealing: Annealing):
         """Summed cross-entropy and the per-batch classifier metrics (accuracy, weighted CE)."""
-        log_probs = self.classifier_log_probs(x)
+        log_probs = self.classifier_log_probs(x, annealing)
         ce = F.nll_loss(log_probs, y, reduction="sum")
         metrics = {
             "classifier": self.classifier_weight * ce / len(y),
@@ -142,7 +145,7 @@ class SemiSupervisedVAE(Model):
     def forward(self, x_unlabeled, x_labeled, y_labeled, annealing: Annealing) -> StepResult:
         unl = self.unlabeled(x_unlabeled, annealing)
         lab = self.labeled(x_labeled, y_labeled, annealing)
-        ce, metrics = self.classifier_terms(x_labeled, y_labeled)
+        ce, metrics = self.classifier_terms(x_labeled, y_labeled, annealing)
         n_unlabeled = len(x_unlabeled)
         objective = (
             annealing.bound * (unl.surrogate.sum() + lab.surrogate.sum())

@@ -8,6 +8,6 @@ class MLP(Model):
 
     def forward(self, x_unlabeled, x_labeled, y_labeled, annealing) -> StepResult:
         # No annealing: the original's MLP has no annealing variables at all.
-        ce, metrics = self.classifier_terms(x_labeled, y_labeled)
+        ce, metrics = self.classifier_terms(x_labeled, y_labeled, annealing)
         metrics["loss"] = metrics["classifier"]
         return StepResult(self.classifier_weight * ce, metrics)

@@ -1,0 +1,56 @@
+"""LogGamma: a Dirichlet class latent through independent log-Gamma variates u_k ~ LogGamma(beta_k),
+alpha = softmax(s * u), trained with a score-function term on both paths (spec 3.7)."""
+
+import torch
+import torch.nn.functional as F
+
+from ssvae.models.base import PathTerms, SemiSupervisedVAE, Setting
+from ssvae.nn import N_CLASSES, Subgraph, gaussian_kl, sample_log_gamma
+from ssvae.schedules import Annealing
+
+
+class LogGamma(SemiSupervisedVAE):
+    settings = {"sharpening": Setting(), "betaprior": Setting(default=0.2)}
+
+    def __init__(self, input_dropout, classifier_weight, z_noise_std, sharpening, betaprior):
+        super().__init__(input_dropout, classifier_weight, z_noise_std)
+        self.sharpening = sharpening
+        self.betaprior = betaprior
+
+    def vae_path(self, x, subgraph: Subgraph, annealing: Annealing, y=None) -> PathTerms:
+        hx = self.classifier.hidden(x, subgraph)
+        beta = self.classifier.heads(hx, subgraph)[0].exp()  # clipped logits: beta in [e^-5, e^5]
+        if y is not None:
+            beta = beta + F.one_hot(y, N_CLASSES).to(x.dtype)
+        u = sample_log_gamma(beta.detach())
+        alpha = F.softmax(self.sharpening * annealing.sharpening * u, dim=-1)
+        b0 = torch.as_tensor(self.betaprior, dtype=x.dtype, device=x.device)
+        kl_lg = (torch.lgamma(b0) - torch.lgamma(beta) - (b0 - beta) * torch.digamma(beta)).sum(-1)
+        log_q_u = (beta * u - u.exp() - torch.lgamma(beta)).sum(-1)
+        z, mu, logcov2 = self.sample_z(alpha, hx, subgraph)
+        kl_z_per_dim = gaussian_kl(mu, logcov2)
+        kl_z = kl_z_per_dim.sum(-1)
+        nll_x = self.reconstruction_nll(alpha, z, x)
+        terms = {"KL_loggamma": kl_lg, "KL_Z": kl_z, "nllX": nll_x}
+        nll = nll_x
+        if y is not None:  # -E_Dir(beta)[log alpha_y], analytic; it ignores sharpening
+            terms["nllY"] = (
+                torch.digamma(beta.sum(-1)) - torch.digamma(beta.gather(-1, y[:, None]))[:, 0]
+            )
+            nll = nll_x + terms["nllY"]
+        # Score function without baseline on both paths; f leaves out KL_loggamma and nllY.
+        score = (annealing.kl_z * kl_z + nll_x).detach() * log_q_u
+        return PathTerms(
+            bound=kl_lg + kl_z + nll,
+            surrogate=annealing.kl_alpha * kl_lg + annealing.kl_z * kl_z + nll + score,
+            terms=terms,
+            mu=mu,
+            logcov2=logcov2,
+            kl_z_per_dim=kl_z_per_dim,
+        )
+
+    def unlabeled(self, x, annealing):
+        return self.vae_path(x, Subgraph.UNLABELED, annealing)
+
+    def labeled(self, x, y, annealing):
+        return self.vae_path(x, Subgraph.LABELED, annealing, y)
