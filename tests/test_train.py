@@ -15,7 +15,7 @@ from ssvae import data, runfile
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MLP
 from ssvae.splits import write_split
-from ssvae.train import TrainingDiverged, train
+from ssvae.train import TrainingDiverged, diverged_path, train
 
 SEED = 3
 N_TRAIN, N_EVAL = 1000, 100
@@ -197,7 +197,7 @@ def test_split_of_another_seed_is_refused(small_mnist: Path, tmp_path: Path) -> 
     assert not out.exists()
 
 
-def test_non_finite_objective_stops_the_run(
+def test_non_finite_objective_stops_the_run_and_keeps_the_epochs_before(
     monkeypatch, small_mnist: Path, small_split: Path, tmp_path: Path
 ) -> None:
     training_steps = itertools.count(1)
@@ -220,3 +220,9 @@ def test_non_finite_objective_stops_the_run(
     assert "epoch 1" in message
     assert "step 3" in message
     assert not out.exists()
+    kept = diverged_path(out)
+    assert str(kept) in message
+    assert runfile.read_attrs(kept)["status"] == "diverged"
+    history = runfile.read_history(kept)
+    assert history["train"]["epoch"].tolist() == [0]
+    assert history["valid"]["epoch"].tolist() == [0]

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +31,11 @@ Z_ROWS_KEPT = 100  # the original's output_verbose keeps the last 100 rows of ea
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def diverged_path(out_path: Path) -> Path:
+    """Where a diverged run keeps its metrics (metrics.h5 -> metrics.diverged.h5)."""
+    return out_path.with_name(f"{out_path.stem}.diverged{out_path.suffix}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,137 +93,165 @@ def decoder_samples(model: SemiSupervisedVAE, device: torch.device) -> np.ndarra
     return (means * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def train(
-    cfg: TrainConfig,
-    data_path: Path,
-    split_path: Path,
-    out_path: Path,
-    device: torch.device,
-    log=print,
-) -> None:
-    torch.manual_seed(cfg.seed)
+@dataclass
+class Images:
+    """The splits on the training device: pixel intensities in [0, 1), labels as int64."""
+
+    train_x: torch.Tensor
+    labeled_x: torch.Tensor
+    labeled_y: torch.Tensor
+    valid: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+
+
+def load_images(data_path: Path, split: dict, device: torch.device) -> Images:
     arrays = data.load(data_path)
+    train_x = to_pixels(arrays["train_x"], device)
+    labeled = torch.as_tensor(split["indices"], device=device)
+    return Images(
+        train_x=train_x,
+        labeled_x=train_x[labeled],
+        labeled_y=torch.as_tensor(arrays["train_y"], device=device)[labeled],
+        valid=(
+            to_pixels(arrays["valid_x"], device),
+            torch.as_tensor(arrays["valid_y"], device=device),
+        ),
+        test=(
+            to_pixels(arrays["test_x"], device),
+            torch.as_tensor(arrays["test_y"], device=device),
+        ),
+    )
+
+
+def train_epoch(model, optimizer, images: Images, cfg: TrainConfig, epoch: int, step: int,
+                max_grad_norm: float) -> dict[str, float]:  # fmt: skip
+    """One epoch of `cfg.steps_per_epoch` steps after `step` steps; returns the epoch means.
+
+    Metrics accumulate on the device and are read once, at the end: no host sync per step.
+    """
+    model.train()
+    params = list(model.parameters())
+    batch = cfg.batch_size
+    sums = defaultdict(float)
+    schedule_sums = defaultdict(float)
+    first_bad_step = torch.tensor(-1, device=images.train_x.device)
+    order = torch.randperm(len(images.train_x), device=images.train_x.device)
+    for i in range(cfg.steps_per_epoch):
+        step += 1
+        coefs = annealing(step, cfg.anneal_classifier_steps)
+        x_unlabeled = None
+        if model.uses_unlabeled:  # a fresh permutation of the unlabeled set every epoch
+            x_unlabeled = binarize(images.train_x[order[i * batch : (i + 1) * batch]])
+        pick = torch.randint(len(images.labeled_x), (batch,), device=images.labeled_x.device)
+        result = model(x_unlabeled, binarize(images.labeled_x[pick]), images.labeled_y[pick], coefs)
+        # L2 on every parameter inside the summed loss, so clipping sees it (spec 4.3, 4.4).
+        squared_norm = torch.stack([p.square().sum() for p in params]).sum()
+        objective = result.objective + cfg.l2 * squared_norm
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+
+        first_bad_step = torch.where(
+            (first_bad_step < 0) & ~torch.isfinite(objective), step, first_bad_step
+        )
+        step_metrics = result.metrics | {
+            "objective": objective,
+            "pnorm": squared_norm.sqrt(),
+            "gnorm": grad_norm.clamp(max=max_grad_norm),  # the norm after clipping
+        }
+        for name, value in step_metrics.items():
+            sums[name] = sums[name] + value.detach()
+        if model.uses_unlabeled:  # the original's MLP has no annealing variables to log
+            for name, value in vars(coefs).items():
+                schedule_sums[f"hyperparameters/annealing/{name}"] += value
+
+    metrics = _means(sums, cfg.steps_per_epoch)
+    if first_bad_step.item() >= 0:
+        raise TrainingDiverged(
+            f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {epoch}, "
+            f"step {first_bad_step.item()}"
+        )
+    return metrics | {k: v / cfg.steps_per_epoch for k, v in schedule_sums.items()}
+
+
+def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
+          device: torch.device, log=print) -> None:  # fmt: skip
+    torch.manual_seed(cfg.seed)
     split = read_split(split_path)
     if split["seed"] != cfg.seed:
         raise ConfigError(f"seed: {cfg.seed} does not match the split file's seed {split['seed']}")
-    train_x = to_pixels(arrays["train_x"], device)
-    labeled_idx = torch.as_tensor(split["indices"], device=device)
-    labeled_x = train_x[labeled_idx]
-    labeled_y = torch.as_tensor(arrays["train_y"], device=device)[labeled_idx]
-    valid = (
-        to_pixels(arrays["valid_x"], device),
-        torch.as_tensor(arrays["valid_y"], device=device),
-    )
-    test = (to_pixels(arrays["test_x"], device), torch.as_tensor(arrays["test_y"], device=device))
-    batch = cfg.batch_size
-    if cfg.steps_per_epoch * batch > len(train_x):
+    images = load_images(data_path, split, device)
+    if cfg.steps_per_epoch * cfg.batch_size > len(images.train_x):
         raise ConfigError(
-            f"steps_per_epoch: {cfg.steps_per_epoch} batches of {batch} exceed the "
-            f"{len(train_x)} training images"
+            f"steps_per_epoch: {cfg.steps_per_epoch} batches of {cfg.batch_size} exceed the "
+            f"{len(images.train_x)} training images"
         )
-
     model = build_model(
         cfg.model, cfg.params, cfg.input_dropout, cfg.classifier_weight, cfg.z_noise_std
     ).to(device)
-    params = list(model.parameters())
-    n_params = sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in model.parameters())
     max_grad_norm = cfg.grad_norm_per_1000 * n_params / 1000
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     log(
         f"{cfg.run} seed {cfg.seed}: {cfg.model}, {n_params:,} parameters, device {device}, "
         f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps"
     )
-
     history = {split_name: defaultdict(list) for split_name in runfile.SPLITS}
     extras = {"z_stats": defaultdict(list), "samples": defaultdict(list)}
-    step = 0
+
+    def save(path: Path, status: str) -> None:
+        attrs = {
+            "run": cfg.run,
+            "model": cfg.model,
+            "seed": cfg.seed,
+            "config": json.loads(cfg.to_json()),
+            "n_params": n_params,
+            "ssvae_version": ssvae.__version__,
+            "torch_version": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+            "status": status,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        runfile.write(path, attrs, history, {k: v for k, v in extras.items() if v})
+
     for epoch in range(cfg.epochs + 1):
         started = time.perf_counter()
         lr = learning_rate(epoch, cfg.lr, cfg.lr_decay, cfg.lr_floor)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
-        sums = defaultdict(float)
-        schedule_sums = defaultdict(float)
-        first_bad_step = torch.tensor(-1, device=device)
-        order = torch.randperm(len(train_x), device=device)
-        for i in range(cfg.steps_per_epoch):
-            step += 1
-            coefs = annealing(step, cfg.anneal_classifier_steps)
-            x_unlabeled = (
-                binarize(train_x[order[i * batch : (i + 1) * batch]])
-                if model.uses_unlabeled
-                else None
-            )
-            pick = torch.randint(len(labeled_x), (batch,), device=device)
-            result = model(x_unlabeled, binarize(labeled_x[pick]), labeled_y[pick], coefs)
-            squared_norm = torch.stack([p.square().sum() for p in params]).sum()
-            objective = result.objective + cfg.l2 * squared_norm
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-
-            first_bad_step = torch.where(
-                (first_bad_step < 0) & ~torch.isfinite(objective), step, first_bad_step
-            )
-            step_metrics = result.metrics | {
-                "objective": objective.detach(),
-                "pnorm": squared_norm.detach().sqrt(),
-                "gnorm": grad_norm.clamp(max=max_grad_norm),  # the norm after clipping
-            }
-            for name, value in step_metrics.items():
-                sums[name] = sums[name] + value.detach()
-            if model.uses_unlabeled:  # the original's MLP has no annealing variables to log
-                for name, value in vars(coefs).items():
-                    schedule_sums[f"hyperparameters/annealing/{name}"] += value
-
-        train_metrics = _means(sums, cfg.steps_per_epoch)
-        if first_bad_step.item() >= 0:
-            raise TrainingDiverged(
-                f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {epoch}, "
-                f"step {first_bad_step.item()}"
-            )
-        train_metrics |= {k: v / cfg.steps_per_epoch for k, v in schedule_sums.items()}
-        train_metrics |= {
+        step = epoch * cfg.steps_per_epoch
+        try:
+            metrics = train_epoch(model, optimizer, images, cfg, epoch, step, max_grad_norm)
+        except TrainingDiverged as err:
+            # Snakemake deletes a failed job's output, so what was computed goes beside it.
+            kept = diverged_path(out_path)
+            save(kept, "diverged")
+            raise TrainingDiverged(f"{err}; the epochs before it are kept in {kept}") from None
+        metrics |= {
             "hyperparameters/lr": lr,
-            "hyperparameters/update_ctr": step,
+            "hyperparameters/update_ctr": step + cfg.steps_per_epoch,
             "duration": time.perf_counter() - started,
         }
-        _append(history["train"], epoch, train_metrics)
-        line = (
-            f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_metrics['loss']:9.2f}  "
-            f"acc {train_metrics['accuracy']:.3f}"
-        )
+        _append(history["train"], epoch, metrics)
+        line = f"epoch {epoch:3d}/{cfg.epochs}  train loss {metrics['loss']:9.2f}"
+        line += f"  acc {metrics['accuracy']:.3f}"
 
         last_epoch = epoch == cfg.epochs
         if epoch % cfg.eval_every == 0 or last_epoch:
-            valid_metrics, z_stats = evaluate(model, *valid, batch)
+            valid_metrics, z_stats = evaluate(model, *images.valid, cfg.batch_size)
             _append(history["valid"], epoch, valid_metrics)
-            line += (
-                f"  valid loss {valid_metrics['loss']:9.2f}  acc {valid_metrics['accuracy']:.4f}"
-            )
+            line += f"  valid loss {valid_metrics['loss']:9.2f}"
+            line += f"  acc {valid_metrics['accuracy']:.4f}"
             if isinstance(model, SemiSupervisedVAE):
                 _append(extras["z_stats"], epoch, z_stats)
                 _append(extras["samples"], epoch, {"p(x)": decoder_samples(model, device)})
         if last_epoch:
-            test_metrics, _ = evaluate(model, *test, batch)
+            test_metrics, _ = evaluate(model, *images.test, cfg.batch_size)
             _append(history["test"], epoch, test_metrics)
             line += f"  test acc {test_metrics['accuracy']:.4f}"
         log(f"{line}  lr {lr:.3e}  {time.perf_counter() - started:6.1f} s", flush=True)
-
-    attrs = {
-        "run": cfg.run,
-        "model": cfg.model,
-        "seed": cfg.seed,
-        "config": json.loads(cfg.to_json()),
-        "n_params": n_params,
-        "ssvae_version": ssvae.__version__,
-        "torch_version": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    runfile.write(out_path, attrs, history, {k: v for k, v in extras.items() if v})
+    save(out_path, "complete")
 
 
 def _append(store: dict, epoch: int, values: dict) -> None:
