@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from ssvae import metrics
 
@@ -57,9 +58,11 @@ def snakemake(
     return result
 
 
-def planned_jobs(workdir: Path, mnist_dir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(
+    workdir: Path, mnist_dir: Path, *args: str, config: tuple[str, ...] = ()
+) -> dict[str, int]:
     """Rule name -> job count of a dry run ({} when there is nothing to do)."""
-    output = snakemake(workdir, mnist_dir, *args, "--dry-run").stdout
+    output = snakemake(workdir, mnist_dir, *args, "--dry-run", config=config).stdout
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:")[1].split("Reasons:")[0]
@@ -166,3 +169,24 @@ def test_invalid_config_stops_before_any_job(
     errors = [line for line in result.stderr.splitlines() if "invalid config" in line]
     assert len(errors) == 1 and named in errors[0]
     assert not (workdir / "results").exists()
+
+
+def test_full_comparison_plans_ninety_training_jobs(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    result = subprocess.run(
+        ["snakemake", "--dry-run", "--cores", "4"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^train\s+90$", result.stdout, flags=re.MULTILINE)
+
+
+def test_smoke_preset_can_name_any_run(tmp_path: Path, mnist_dir: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    every_run = yaml.safe_load((workdir / "config.yaml").read_text())["compare"]
+    chosen = f"compare=[{','.join(every_run)}]"
+    jobs = planned_jobs(workdir, mnist_dir, config=(chosen,))
+    assert jobs["train"] == len(every_run) * len(SEEDS)
