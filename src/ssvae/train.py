@@ -30,7 +30,7 @@ Z_ROWS_KEPT = 100  # the original's output_verbose keeps the last 100 rows of ea
 
 
 class TrainingDiverged(RuntimeError):
-    pass
+    """The training objective became non-finite."""
 
 
 def diverged_path(out_path: Path) -> Path:
@@ -68,7 +68,8 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int)
     last_unlabeled = None
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        result = model(binarize(x), binarize(x), y, Annealing())
+        x_unlabeled = binarize(x) if model.uses_unlabeled else None
+        result = model(x_unlabeled, binarize(x), y, Annealing())
         for name, value in result.metrics.items():
             sums[name] = sums[name] + value * len(x)
         if result.unlabeled is not None:
