@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_inputs import binary_images, labels, onehot
 
 from ssvae import data, runfile
 from ssvae.config import TrainConfig
@@ -60,19 +61,6 @@ def make_model(name: str, sharpening: float = SHARPENING, **params) -> SemiSuper
     if "sharpening" in MODELS[name].settings:
         params["sharpening"] = sharpening
     return build_model(name, params, 0.25, 128.0, 0.05).double()
-
-
-def binary_images(rows: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(torch.full((rows, 784), 0.3, dtype=torch.float64), generator=generator)
-
-
-def labels(rows: int, seed: int) -> torch.Tensor:
-    return torch.randint(10, (rows,), generator=torch.Generator().manual_seed(seed))
-
-
-def onehot(y: torch.Tensor) -> torch.Tensor:
-    return F.one_hot(y, 10).double()
 
 
 def evaluation_model(name: str) -> SemiSupervisedVAE:

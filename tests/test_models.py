@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from model_inputs import binary_images, labels, onehot
 
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MLP, ExactM2, Model, build_model
@@ -22,27 +23,13 @@ def make_model(name: str = "ExactM2", params: dict | None = None) -> Model:
     return build_model(name, params or {}, 0.25, CLASSIFIER_WEIGHT, 0.05).double()
 
 
-def images(rows: int, seed: int) -> torch.Tensor:
-    """Binary 'images' in float64."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(torch.full((rows, 784), 0.3, dtype=torch.float64), generator=generator)
-
-
-def labels(rows: int, seed: int) -> torch.Tensor:
-    return torch.randint(10, (rows,), generator=torch.Generator().manual_seed(seed))
-
-
-def onehot(y: torch.Tensor) -> torch.Tensor:
-    return F.one_hot(y, 10).double()
-
-
 def populated(model: Model) -> Model:
     """The model in eval mode, after two training steps have given every sub-graph its own
     BatchNorm statistics (so a path that used another sub-graph's statistics would show)."""
     model.train()
     with torch.no_grad():
         for seed in (1, 2):
-            model(images(6, seed), images(5, seed + 10), labels(5, seed), Annealing())
+            model(binary_images(6, seed), binary_images(5, seed + 10), labels(5, seed), Annealing())
     return model.eval()
 
 
@@ -108,7 +95,7 @@ class TestExactM2Bounds:
     def test_unlabeled_bound_sums_over_the_ten_classes(self, kl_factor: float) -> None:
         params = {} if kl_factor == 2.0 else {"kl_factor": kl_factor}
         model = populated(make_model(params=params))
-        x = images(4, seed=3)
+        x = binary_images(4, seed=3)
         got = model.unlabeled(x, Annealing()).bound
         torch.testing.assert_close(got, reference_unlabeled_bound(model, x, kl_factor))
 
@@ -116,14 +103,14 @@ class TestExactM2Bounds:
     @torch.no_grad()
     def test_labeled_bound(self) -> None:
         model = populated(make_model())
-        x, y = images(4, seed=3), labels(4, seed=3)
+        x, y = binary_images(4, seed=3), labels(4, seed=3)
         got = model.labeled(x, y, Annealing()).bound
         torch.testing.assert_close(got, reference_labeled_bound(model, x, y))
 
     @torch.no_grad()
     def test_labeled_surrogate_without_kl_z_in_training(self) -> None:
         model = make_model().train()
-        x, y = images(4, seed=3), labels(4, seed=3)
+        x, y = binary_images(4, seed=3), labels(4, seed=3)
         path = model.labeled(x, y, Annealing(kl_z=0.0))
         torch.testing.assert_close(path.bound, path.terms["KL_Z"] + path.terms["nllX"] + LOG_10)
         torch.testing.assert_close(path.surrogate, path.terms["nllX"] + LOG_10)
@@ -131,7 +118,7 @@ class TestExactM2Bounds:
     @torch.no_grad()
     def test_unlabeled_surrogate_anneals_the_kl_terms(self) -> None:
         model = make_model().train()
-        path = model.unlabeled(images(4, seed=3), Annealing(kl_z=0.0, kl_alpha=0.5))
+        path = model.unlabeled(binary_images(4, seed=3), Annealing(kl_z=0.0, kl_alpha=0.5))
         kl_y, kl_z, nll_x = (path.terms[key] for key in ("KL_Y", "KL_Z", "nllX"))
         torch.testing.assert_close(path.bound, kl_y + 2 * kl_z + nll_x)
         torch.testing.assert_close(path.surrogate, 0.5 * kl_y + nll_x)
@@ -143,7 +130,11 @@ class TestSemiSupervisedObjective:
     def test_objective_and_metrics_from_the_three_subgraphs(self) -> None:
         model = populated(make_model())
         # Unequal batch sizes, so a normalisation by the wrong one shows.
-        x_unlabeled, x_labeled, y_labeled = images(4, seed=3), images(3, seed=4), labels(3, seed=4)
+        x_unlabeled, x_labeled, y_labeled = (
+            binary_images(4, seed=3),
+            binary_images(3, seed=4),
+            labels(3, seed=4),
+        )
         result = model(x_unlabeled, x_labeled, y_labeled, ANNEALED)
 
         unlabeled = model.unlabeled(x_unlabeled, ANNEALED)
@@ -166,7 +157,9 @@ class TestSemiSupervisedObjective:
     def test_each_subgraph_updates_only_its_own_batchnorm_statistics(self) -> None:
         model = make_model().train()
         with torch.no_grad():
-            model(images(4, seed=3), images(3, seed=4), labels(3, seed=4), Annealing())
+            model(
+                binary_images(4, seed=3), binary_images(3, seed=4), labels(3, seed=4), Annealing()
+            )
         all_three = {Subgraph.UNLABELED, Subgraph.LABELED, Subgraph.CLASSIFIER}
         expected = {
             "classifier.trunk": all_three,
@@ -187,12 +180,16 @@ class TestSemiSupervisedObjective:
             lambda module, args, output: rows_seen.append((args[1], len(args[0])))
         )
         with torch.no_grad():
-            model(images(3, seed=3), images(2, seed=4), labels(2, seed=4), Annealing())
+            model(
+                binary_images(3, seed=3), binary_images(2, seed=4), labels(2, seed=4), Annealing()
+            )
         assert sorted(rows_seen) == [(Subgraph.UNLABELED, 30), (Subgraph.LABELED, 2)]
 
     def test_one_backward_pass_gives_finite_nonzero_gradients(self) -> None:
         model = make_model().train()
-        result = model(images(8, seed=3), images(8, seed=4), labels(8, seed=4), Annealing())
+        result = model(
+            binary_images(8, seed=3), binary_images(8, seed=4), labels(8, seed=4), Annealing()
+        )
         result.objective.backward()
         for name, param in model.named_parameters():
             assert param.grad is not None, name
@@ -204,8 +201,8 @@ class TestMLP:
     @torch.no_grad()
     def test_objective_is_the_weighted_cross_entropy_without_annealing(self) -> None:
         model = populated(make_model("MLP"))
-        x, y = images(5, seed=3), labels(5, seed=3)
-        result = model(images(4, seed=4), x, y, Annealing(classifier=0.0, bound=0.0))
+        x, y = binary_images(5, seed=3), labels(5, seed=3)
+        result = model(binary_images(4, seed=4), x, y, Annealing(classifier=0.0, bound=0.0))
         ce = summed_cross_entropy(model, x, y)
         torch.testing.assert_close(result.objective, CLASSIFIER_WEIGHT * ce)
         torch.testing.assert_close(result.metrics["classifier"], CLASSIFIER_WEIGHT * ce / 5)

@@ -168,3 +168,17 @@ class SemiSupervisedVAE(Model):
     def decode_means(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli means of p(x | a, z): the images the sample grids show."""
         return torch.sigmoid(self.decoder(a, z))
+
+
+class LatentClassVAE(SemiSupervisedVAE):
+    """A VAE with a continuous class latent, whose labeled path is its unlabeled path told the
+    label (LogisticNormal, LogGamma)."""
+
+    def vae_path(self, x, subgraph: Subgraph, annealing: Annealing, y=None) -> PathTerms:
+        raise NotImplementedError
+
+    def unlabeled(self, x, annealing):
+        return self.vae_path(x, Subgraph.UNLABELED, annealing)
+
+    def labeled(self, x, y, annealing):
+        return self.vae_path(x, Subgraph.LABELED, annealing, y)

@@ -4,12 +4,12 @@ alpha = softmax(s * u), trained with a score-function term on both paths (spec 3
 import torch
 import torch.nn.functional as F
 
-from ssvae.models.base import PathTerms, SemiSupervisedVAE, Setting
+from ssvae.models.base import LatentClassVAE, PathTerms, Setting
 from ssvae.nn import N_CLASSES, Subgraph, gaussian_kl, sample_log_gamma
 from ssvae.schedules import Annealing
 
 
-class LogGamma(SemiSupervisedVAE):
+class LogGamma(LatentClassVAE):
     settings = {"sharpening": Setting(), "betaprior": Setting(default=0.2)}
 
     def __init__(self, input_dropout, classifier_weight, z_noise_std, sharpening, betaprior):
@@ -48,9 +48,3 @@ class LogGamma(SemiSupervisedVAE):
             logcov2=logcov2,
             kl_z_per_dim=kl_z_per_dim,
         )
-
-    def unlabeled(self, x, annealing):
-        return self.vae_path(x, Subgraph.UNLABELED, annealing)
-
-    def labeled(self, x, y, annealing):
-        return self.vae_path(x, Subgraph.LABELED, annealing, y)

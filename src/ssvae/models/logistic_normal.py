@@ -6,12 +6,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ssvae.models.base import PathTerms, SemiSupervisedVAE, Setting
+from ssvae.models.base import LatentClassVAE, PathTerms, Setting
 from ssvae.nn import N_CLASSES, Subgraph, gaussian_kl
 from ssvae.schedules import Annealing
 
 
-class LogisticNormal(SemiSupervisedVAE):
+class LogisticNormal(LatentClassVAE):
     settings = {
         "sharpening": Setting(),
         # The original draws the noise from N(1, 1) (Theano's normal(shape, 1): spec 7.3);
@@ -59,12 +59,6 @@ class LogisticNormal(SemiSupervisedVAE):
             logcov2=logcov2,
             kl_z_per_dim=kl_z_per_dim,
         )
-
-    def unlabeled(self, x, annealing):
-        return self.vae_path(x, Subgraph.UNLABELED, annealing)
-
-    def labeled(self, x, y, annealing):
-        return self.vae_path(x, Subgraph.LABELED, annealing, y)
 
     def classifier_log_probs(self, x, annealing):
         """Training: a sampled, sharpened alpha; evaluation: softmax(mu_alpha) (spec 7.18)."""
