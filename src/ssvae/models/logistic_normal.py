@@ -42,10 +42,11 @@ class LogisticNormal(LatentClassVAE):
             mu_alpha = mu_alpha + self.label_shift * F.one_hot(y, N_CLASSES).to(x.dtype)
         log_alpha = self.sample_log_alpha(mu_alpha, logcov2_alpha, annealing)
         kl_alpha = gaussian_kl(mu_alpha, logcov2_alpha).sum(-1)  # ignores eps_mean, as the original
-        z, mu, logcov2 = self.sample_z(log_alpha.exp(), hx, subgraph)
+        alpha = log_alpha.exp()
+        z, mu, logcov2 = self.sample_z(alpha, hx, subgraph)
         kl_z_per_dim = gaussian_kl(mu, logcov2)
         kl_z = kl_z_per_dim.sum(-1)
-        nll_x = self.reconstruction_nll(log_alpha.exp(), z, x)
+        nll_x = self.reconstruction_nll(alpha, z, x)
         terms = {"KL_alpha": kl_alpha, "KL_Z": kl_z, "nllX": nll_x}
         nll = nll_x
         if y is not None:
