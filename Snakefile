@@ -22,4 +22,8 @@ include: "workflow/rules/plots.smk"
 rule all:
     input:
         "results/plots/multi_seed_accuracy.png",
+        expand(
+            "results/plots/multi_seed_accuracy_loss_{split}.png",
+            split=["train", "valid"],
+        ),
         "results/metrics/summary.csv",

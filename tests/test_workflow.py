@@ -109,6 +109,11 @@ def test_smoke_run_builds_every_output(built: Path) -> None:
     assert summary.n_seeds.tolist() == [2, 2]
     assert summary.test_accuracy_mean.between(0, 1).all()
     assert png_size(built / "results/plots/multi_seed_accuracy.png") == (648, 432)
+    for split in ("train", "valid"):
+        assert png_size(built / f"results/plots/multi_seed_accuracy_loss_{split}.png") == (
+            1296,
+            432,
+        )
 
 
 def test_second_run_does_nothing(built: Path, mnist_dir: Path) -> None:
@@ -121,7 +126,11 @@ def test_second_run_does_nothing(built: Path, mnist_dir: Path) -> None:
 def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: Path) -> None:
     plot_code = built / "src/ssvae/plots.py"
     plot_code.write_text(plot_code.read_text() + "\n# an edit to the figure code\n")
-    assert planned_jobs(built, mnist_dir) == {"plot_multi_seed_accuracy": 1, "all": 1}
+    assert planned_jobs(built, mnist_dir) == {
+        "plot_multi_seed_accuracy": 1,
+        "plot_multi_seed_accuracy_loss": 2,
+        "all": 1,
+    }
 
 
 def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:
@@ -137,6 +146,7 @@ def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) ->
     assert planned_jobs(built, mnist_dir) == {
         "aggregate_metrics": 1,
         "plot_multi_seed_accuracy": 1,
+        "plot_multi_seed_accuracy_loss": 2,
         "all": 1,
     }
 

@@ -25,58 +25,91 @@ def run_colours(n: int) -> list[tuple]:
     return [colorsys.hls_to_rgb(h, 0.6, 0.65) for h in hues]
 
 
+def draw_seed_means(ax, table, runs, split: str, metric: str, higher_is_better: bool) -> set:
+    """One line per run, the mean over seeds, with a band of one standard deviation; legend
+    entries "{best} ({epochs}ep) {label}" sorted best first (spec 5.1, 5.2). Returns the numbers
+    of seeds seen."""
+    best = max if higher_is_better else min
+    digits = 3 if metric == "accuracy" else 1
+    entries, n_seeds = [], set()
+    for run, colour in zip(runs.itertuples(), run_colours(len(runs)), strict=True):
+        curves = metrics.seed_curves(table, run.run, split, metric)
+        if curves.empty:
+            continue
+        n_seeds.add(curves.shape[1])
+        mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1)
+        value = best(mean)
+        label = f"{value:.{digits}f} ({curves.index.max()}ep) {run.label}"
+        (line,) = ax.plot(mean.index, mean.to_numpy(), color=colour, label=label)
+        if curves.shape[1] > 1:
+            ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.12, lw=0)
+        entries.append((value, line))
+    entries.sort(key=lambda entry: -entry[0] if higher_is_better else entry[0])
+    location = "lower right" if higher_is_better else "upper left"
+    ax.legend(handles=[line for _, line in entries], loc=location, fontsize=10)
+    ax.set_title(f"{split} {metric}")
+    ax.set_xlabel("epochs")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if metric == "accuracy":
+        # The original's axis starts at 0.5; runs that never reach it (smoke runs) need the rest.
+        ax.set_ylim(0.5 if entries and min(v for v, _ in entries) > 0.5 else 0.0, 1.0)
+    elif any(100 <= v <= 1000 for v, _ in entries):
+        ax.set_ylim(100, 1000)  # the original's loss axis; validation spikes fill the panel
+    return n_seeds
+
+
+def _save(fig, n_seeds: set, out_path: Path) -> None:
+    seeds = "/".join(str(n) for n in sorted(n_seeds)) or "0"
+    fig.text(
+        0.01,
+        0.01,
+        f"line: mean over seeds ({seeds} per run); band: ± 1 std across seeds; legend: best epoch "
+        "of the mean curve (the original's statistic, reconstructed)",
+        fontsize=8,
+        color="0.3",
+    )
+    with atomic_output(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+
+
 def multi_seed_accuracy(metrics_path: Path, out_path: Path) -> None:
-    """Mean over seeds of validation accuracy per run, a band of one standard deviation, and a
-    legend "{best:.3f} ({epochs}ep) {label}" sorted best first (spec 5.1)."""
+    """Validation accuracy of every run over epochs (spec 5.1), 648 x 432 px."""
     table = metrics.read_table(metrics_path)
     runs = metrics.read_runs(metrics_path).sort_values("order")
-    colours = run_colours(len(runs))
     with plt.style.context(STYLE):
         fig, ax = plt.subplots(figsize=(9, 6), dpi=DPI)
-        entries = []
-        n_seeds = set()
-        for run, colour in zip(runs.itertuples(), colours, strict=True):
-            curves = metrics.seed_curves(table, run.run, "valid", "accuracy")
-            if curves.empty:
-                continue
-            n_seeds.add(curves.shape[1])
-            mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1)
-            label = f"{mean.max():.3f} ({curves.index.max()}ep) {run.label}"
-            (line,) = ax.plot(mean.index, mean.to_numpy(), color=colour, label=label)
-            if curves.shape[1] > 1:
-                ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.12, lw=0)
-            entries.append((mean.max(), line))
-        entries.sort(key=lambda entry: -entry[0])
-        ax.legend(handles=[line for _, line in entries], loc="lower right", fontsize=10)
-        ax.set_title("valid accuracy")
-        ax.set_xlabel("epochs")
-        # The original's axis starts at 0.5; runs that never reach it (smoke runs) need the rest.
-        ax.set_ylim(0.5 if entries and entries[-1][0] > 0.5 else 0.0, 1.0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        seeds = "/".join(str(n) for n in sorted(n_seeds)) or "0"
-        fig.text(
-            0.01,
-            0.01,
-            f"line: mean over {seeds} seeds; band: mean ± 1 std across seeds; legend: best epoch "
-            "of the mean curve (the original's statistic, reconstructed)",
-            fontsize=8,
-            color="0.3",
-        )
+        n_seeds = draw_seed_means(ax, table, runs, "valid", "accuracy", higher_is_better=True)
         fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.14)
-        with atomic_output(out_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
-        plt.close(fig)
+        _save(fig, n_seeds, out_path)
+
+
+def multi_seed_accuracy_loss(metrics_path: Path, split: str, out_path: Path) -> None:
+    """Accuracy and loss of every run over epochs on one split (spec 5.2), 1296 x 432 px."""
+    table = metrics.read_table(metrics_path)
+    runs = metrics.read_runs(metrics_path).sort_values("order")
+    with plt.style.context(STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(18, 6), dpi=DPI)
+        n_seeds = draw_seed_means(left, table, runs, split, "accuracy", higher_is_better=True)
+        draw_seed_means(right, table, runs, split, "loss", higher_is_better=False)
+        fig.subplots_adjust(left=0.04, right=0.99, top=0.93, bottom=0.14, wspace=0.12)
+        _save(fig, n_seeds, out_path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="ssvae-plot", description="Render the multi-seed validation-accuracy figure."
+        prog="ssvae-plot", description="Render the multi-seed figures from the aggregated metrics."
     )
+    parser.add_argument("figure", choices=["accuracy", "accuracy-loss"])
     parser.add_argument("--metrics", type=Path, required=True, help="aggregated metrics .h5")
+    parser.add_argument("--split", choices=["train", "valid"], default="valid")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     try:
-        multi_seed_accuracy(args.metrics, args.out)
+        if args.figure == "accuracy":
+            multi_seed_accuracy(args.metrics, args.out)
+        else:
+            multi_seed_accuracy_loss(args.metrics, args.split, args.out)
     except (OSError, KeyError) as err:
         sys.exit(f"ssvae-plot: error: {err}")
     print(f"wrote {args.out}")
