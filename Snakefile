@@ -26,4 +26,5 @@ rule all:
             "results/plots/multi_seed_accuracy_loss_{split}.png",
             split=["train", "valid"],
         ),
+        single_seed_figures(),
         "results/metrics/summary.csv",

@@ -129,8 +129,13 @@ def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: 
     assert planned_jobs(built, mnist_dir) == {
         "plot_multi_seed_accuracy": 1,
         "plot_multi_seed_accuracy_loss": 2,
+        "plot_single_seed": 2,
         "all": 1,
     }
+    before = mtimes(built)
+    snakemake(built, mnist_dir)
+    changed = {p for p, t in mtimes(built).items() if before.get(p) != t}
+    assert changed and all(p.suffix == ".png" or "logs" in p.parts for p in changed)
 
 
 def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:

@@ -76,3 +76,9 @@ def read_attrs(path: Path) -> dict:
         attrs = dict(f.attrs)
     attrs["config"] = json.loads(attrs["config"])
     return attrs
+
+
+def read_arrays(path: Path, group: str) -> dict[str, np.ndarray]:
+    """Every dataset of one group (`z_stats`, `samples`) as arrays."""
+    with h5py.File(path, "r") as f:
+        return {name: dataset[()] for name, dataset in f[group].items()}

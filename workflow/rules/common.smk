@@ -15,6 +15,8 @@ MNIST_FILES = [
 MNIST_RAW = "results/data/mnist/raw/{name}.gz"
 MNIST_ARRAYS = "results/data/mnist.npz"
 RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
+# Models without a decoder have no samples or z statistics to draw (the package's MLP).
+MODELS_WITHOUT_DECODER = {"MLP"}
 # Source files whose edits must re-render what they produce (and nothing upstream).
 PACKAGE_DIR = Path(workflow.basedir) / "src" / "ssvae"
 
@@ -72,3 +74,27 @@ def runs_json():
         for run in run_ids()
     }
     return json.dumps(runs)
+
+
+def figure_seed():
+    """The seed of the single-seed figures: 2 as in the original, or the first seed if absent."""
+    return 2 if 2 in config["seeds"] else config["seeds"][0]
+
+
+def single_seed_figures():
+    """Samples grid and KL heatmap of every run that has a decoder."""
+    vae_runs = [
+        run
+        for run in run_ids()
+        if config["runs"][run]["model"] not in MODELS_WITHOUT_DECODER
+    ]
+    return expand(
+        "results/plots/{figure}_{run}_seed{seed}.png",
+        figure=["samples", "KL_Z"],
+        run=vae_runs,
+        seed=figure_seed(),
+    )
+
+
+def run_label(wildcards):
+    return config["runs"][wildcards.run]["label"]

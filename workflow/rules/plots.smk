@@ -29,3 +29,25 @@ rule plot_multi_seed_accuracy_loss:
     shell:
         "ssvae-plot accuracy-loss --split {wildcards.split} --metrics {input.metrics:q} "
         "--out {output.png:q} > {log} 2>&1"
+
+
+rule plot_single_seed:
+    input:
+        run_file=RUN_FILE,
+        code=PACKAGE_DIR / "plots.py",
+    output:
+        png="results/plots/{figure}_{run}_seed{seed}.png",
+    log:
+        "results/logs/plots/{figure}_{run}_seed{seed}.log",
+    wildcard_constraints:
+        figure="samples|KL_Z",
+        seed=r"\d+",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        kind=lambda wildcards: {"samples": "samples", "KL_Z": "kl-z"}[wildcards.figure],
+        label=run_label,
+    shell:
+        "ssvae-plot {params.kind} --run-file {input.run_file:q} --label {params.label:q} "
+        "--out {output.png:q} > {log} 2>&1"
