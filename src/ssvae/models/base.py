@@ -126,13 +126,19 @@ class SemiSupervisedVAE(Model):
             z = z + self.z_noise_std * torch.randn_like(z)
         return bernoulli_nll(self.decoder(a, z), x)
 
+    def z_and_reconstruction(self, a, hx, x, subgraph: Subgraph):
+        """z ~ q(z | a, x) decoded with class code a: mu, logcov2, the KL of each z dimension,
+        and -log p(x | a, z)."""
+        z, mu, logcov2 = self.sample_z(a, hx, subgraph)
+        return mu, logcov2, gaussian_kl(mu, logcov2), self.reconstruction_nll(a, z, x)
+
     def labeled(self, x: torch.Tensor, y: torch.Tensor, annealing: Annealing) -> PathTerms:
         hx = self.classifier.hidden(x, Subgraph.LABELED)
         onehot = F.one_hot(y, N_CLASSES).to(x.dtype)
-        z, mu, logcov2 = self.sample_z(onehot, hx, Subgraph.LABELED)
-        kl_z_per_dim = gaussian_kl(mu, logcov2)
+        mu, logcov2, kl_z_per_dim, nll_x = self.z_and_reconstruction(
+            onehot, hx, x, Subgraph.LABELED
+        )
         kl_z = kl_z_per_dim.sum(-1)
-        nll_x = self.reconstruction_nll(onehot, z, x)
         return PathTerms(
             bound=kl_z + nll_x + LOG_N_CLASSES,
             surrogate=annealing.kl_z * kl_z + nll_x + LOG_N_CLASSES,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ssvae.models.base import LatentClassVAE, PathTerms, Setting
-from ssvae.nn import N_CLASSES, Subgraph, gaussian_kl, sample_log_gamma
+from ssvae.nn import N_CLASSES, Subgraph, sample_log_gamma
 from ssvae.schedules import Annealing
 
 
@@ -27,10 +27,8 @@ class LogGamma(LatentClassVAE):
         b0 = torch.as_tensor(self.betaprior, dtype=x.dtype, device=x.device)
         kl_lg = (torch.lgamma(b0) - torch.lgamma(beta) - (b0 - beta) * torch.digamma(beta)).sum(-1)
         log_q_u = (beta * u - u.exp() - torch.lgamma(beta)).sum(-1)
-        z, mu, logcov2 = self.sample_z(alpha, hx, subgraph)
-        kl_z_per_dim = gaussian_kl(mu, logcov2)
+        mu, logcov2, kl_z_per_dim, nll_x = self.z_and_reconstruction(alpha, hx, x, subgraph)
         kl_z = kl_z_per_dim.sum(-1)
-        nll_x = self.reconstruction_nll(alpha, z, x)
         terms = {"KL_loggamma": kl_lg, "KL_Z": kl_z, "nllX": nll_x}
         nll = nll_x
         if y is not None:  # -E_Dir(beta)[log alpha_y], analytic; it ignores sharpening

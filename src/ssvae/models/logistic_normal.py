@@ -43,10 +43,8 @@ class LogisticNormal(LatentClassVAE):
         log_alpha = self.sample_log_alpha(mu_alpha, logcov2_alpha, annealing)
         kl_alpha = gaussian_kl(mu_alpha, logcov2_alpha).sum(-1)  # ignores eps_mean, as the original
         alpha = log_alpha.exp()
-        z, mu, logcov2 = self.sample_z(alpha, hx, subgraph)
-        kl_z_per_dim = gaussian_kl(mu, logcov2)
+        mu, logcov2, kl_z_per_dim, nll_x = self.z_and_reconstruction(alpha, hx, x, subgraph)
         kl_z = kl_z_per_dim.sum(-1)
-        nll_x = self.reconstruction_nll(alpha, z, x)
         terms = {"KL_alpha": kl_alpha, "KL_Z": kl_z, "nllX": nll_x}
         nll = nll_x
         if y is not None:

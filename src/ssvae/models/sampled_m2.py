@@ -3,7 +3,7 @@
 import torch
 
 from ssvae.models.base import PathTerms, SemiSupervisedVAE
-from ssvae.nn import Subgraph, categorical_kl_uniform, gaussian_kl
+from ssvae.nn import Subgraph, categorical_kl_uniform
 from ssvae.schedules import Annealing
 
 
@@ -17,10 +17,8 @@ class SampledM2(SemiSupervisedVAE):
         hx = self.classifier.hidden(x, Subgraph.UNLABELED)
         logits = self.classifier.heads(hx, Subgraph.UNLABELED)[0]
         y, log_q_y = self.sample_y(logits, annealing)
-        z, mu, logcov2 = self.sample_z(y, hx, Subgraph.UNLABELED)
-        kl_z_per_dim = gaussian_kl(mu, logcov2)
+        mu, logcov2, kl_z_per_dim, nll_x = self.z_and_reconstruction(y, hx, x, Subgraph.UNLABELED)
         kl_z = kl_z_per_dim.sum(-1)
-        nll_x = self.reconstruction_nll(y, z, x)
         # The categorical KL even for relaxed y: not a bound of the relaxed model (spec 7.14).
         kl_y = categorical_kl_uniform(logits)
         surrogate = annealing.kl_alpha * kl_y + annealing.kl_z * kl_z + nll_x
