@@ -17,14 +17,11 @@ include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        "results/plots/multi_seed_accuracy.png",
-        expand(
-            "results/plots/multi_seed_accuracy_loss_{split}.png",
-            split=["train", "valid"],
-        ),
-        single_seed_figures(),
+        "results/report.md",
+        all_figures(),
         "results/metrics/summary.csv",

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from synthetic_runs import synthetic_metrics
 
-from ssvae import plots, runfile
+from ssvae import metrics, plots, runfile
 from ssvae.models import MODELS, SemiSupervisedVAE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,15 +65,127 @@ def run_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("draw", "size"),
-    [(plots.samples_figure, (1152, 1152)), (plots.kl_heatmap_figure, (1296, 360))],
-)
-def test_single_seed_figures_are_pngs_of_the_original_size(draw, size, run_file, tmp_path) -> None:
-    out = tmp_path / "figure.png"
-    draw(run_file, "A run", out)
+SINGLE_RUN_FIGURES = {"samples": (1152, 1152), "kl-z": (1296, 360), "kl-z-mean": (1296, 360)}
+COMPARISON_FIGURES = {
+    "accuracy": ((648, 432), []),
+    "accuracy-loss": ((1296, 432), ["--split", "train"]),
+    "active-dims": ((648, 432), ["--threshold", "0.01"]),
+}
+
+
+@pytest.mark.parametrize("figure", SINGLE_RUN_FIGURES)
+def test_single_run_figures_are_pngs_of_the_original_size(figure, run_file, tmp_path) -> None:
+    out = tmp_path / "plots" / "figure.png"
+    plots.main([figure, "--run-file", str(run_file), "--label", "A run", "--out", str(out)])
+    assert png_size(out) == SINGLE_RUN_FIGURES[figure]
+    assert [p.name for p in out.parent.iterdir()] == ["figure.png"]  # no temporary left
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Path:
+    return synthetic_metrics(tmp_path)
+
+
+@pytest.mark.parametrize("figure", COMPARISON_FIGURES)
+def test_comparison_figures_are_pngs_of_the_expected_size(figure, synthetic, tmp_path) -> None:
+    size, extra = COMPARISON_FIGURES[figure]
+    out = tmp_path / "plots" / f"{figure}.png"
+    plots.main([figure, "--metrics", str(synthetic), *extra, "--out", str(out)])
     assert png_size(out) == size
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def comparison_figures(synthetic: Path) -> dict:
+    table = metrics.read_table(synthetic)
+    runs = metrics.read_runs(synthetic).sort_values("order")
+    return {
+        "accuracy": plots.accuracy_figure(table, runs),
+        "accuracy-loss valid": plots.accuracy_loss_figure(table, runs, "valid"),
+        "accuracy-loss train": plots.accuracy_loss_figure(table, runs, "train"),
+        "active-dims": plots.active_dims_figure(metrics.active_dims(synthetic, 0.01), runs, 0.01),
+    }
+
+
+def text_boxes(fig) -> list[tuple[str, object]]:
+    """Every piece of visible text in the figure, with its box in display pixels; a legend is
+    one box."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_text()]
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            low, high = sorted((low, high))
+            texts += [  # tick labels outside the view limits are not drawn
+                tick.label1
+                for tick in axis.get_major_ticks()
+                if tick.label1.get_visible() and low <= tick.get_loc() <= high
+            ]
+        boxes += [
+            (t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text().strip()
+        ]
+        legend = ax.get_legend()
+        if legend is not None:
+            boxes.append(("legend", legend.get_window_extent(renderer)))
+    return boxes
+
+
+def test_no_text_overlaps_or_leaves_the_figure(synthetic, run_file) -> None:
+    z_stats = runfile.read_arrays(run_file, "z_stats")
+    kl_rows = plots.kl_per_dimension(z_stats["mu_last_batch"], z_stats["logcov2_last_batch"])
+    epochs = np.arange(0, 301, 10)  # the full run's 31 validations
+    figures = comparison_figures(synthetic) | {
+        "samples": plots.samples_figure(numbered_samples(), 300, "ExactM2", 2),
+        "kl-z": plots.kl_heatmap_figure(kl_rows.reshape(-1, 50), "GumbelSoftmaxM2 shrp=3.0", 2),
+        "kl-z-mean": plots.kl_mean_heatmap_figure(
+            epochs, np.random.default_rng(0).random((31, 50)), "LogisticNormalM2 shrp=3.0", 2
+        ),
+    }
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        boxes = text_boxes(fig)
+        width, height = fig.canvas.get_width_height()
+        for text, box in boxes:
+            assert box.x0 >= 0 and box.y0 >= 0, f"{name}: {text!r} leaves the figure"
+            assert box.x1 <= width and box.y1 <= height, f"{name}: {text!r} leaves the figure"
+        for i, (text, box) in enumerate(boxes):
+            for other, other_box in boxes[i + 1 :]:
+                assert not box.overlaps(other_box), f"{name}: {text!r} overlaps {other!r}"
+        plt.close(fig)
+
+
+def test_a_run_keeps_its_colour_in_every_figure(synthetic) -> None:
+    expected = {plots.run_colour(i) for i in (0, 8, 9)}
+    assert len(expected) == 3
+    for name, fig in comparison_figures(synthetic).items():
+        for ax in fig.axes:
+            legend_colours = {
+                line.get_label().split(") ", 1)[1]: line.get_color()
+                for line in ax.get_legend().get_lines()
+            }
+            # The MLP has no latent space, so no line in the active-dimension figure.
+            expected = {"ExactM2": 0, "New run": 9} | ({} if name == "active-dims" else {"MLP": 8})
+            assert legend_colours == {run: plots.run_colour(i) for run, i in expected.items()}
+        plt.close(fig)
+
+
+def test_the_defined_runs_have_distinct_colours() -> None:
+    colours = [plots.run_colour(i) for i in range(20)]
+    assert len(set(colours)) == 20
+
+
+def test_active_dims_legend_gives_the_last_epoch_of_the_mean(synthetic) -> None:
+    runs = metrics.read_runs(synthetic).sort_values("order")
+    fig = plots.active_dims_figure(metrics.active_dims(synthetic, 0.01), runs, 0.01)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    # ExactM2 seeds end with 5, 7, 9 active dimensions; the New run with 4.
+    assert labels == ["7.0 (20ep) ExactM2", "4.0 (20ep) New run"]
+    plt.close(fig)
+
+
+def test_accuracy_legend_is_sorted_best_first_in_the_original_format(synthetic) -> None:
+    fig = comparison_figures(synthetic)["accuracy"]
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["0.920 (20ep) ExactM2", "0.760 (20ep) MLP", "0.500 (20ep) New run"]
+    plt.close(fig)
 
 
 def test_figure_code_imports_no_training_code() -> None:

@@ -114,6 +114,32 @@ def test_smoke_run_builds_every_output(built: Path) -> None:
             1296,
             432,
         )
+    assert png_size(built / "results/plots/active_dims.png") == (648, 432)
+    # Per-run figures of seed 2 for the run with a decoder only.
+    assert png_size(built / "results/plots/samples_ExactM2_seed2.png") == (1152, 1152)
+    for figure in ("KL_Z", "KL_Z_valid_mean"):
+        assert png_size(built / f"results/plots/{figure}_ExactM2_seed2.png") == (1296, 360)
+    assert not list((built / "results/plots").glob("*_MLP_seed*.png"))
+    # Colours follow the place among the defined runs, not among the compared ones.
+    defined = list(yaml.safe_load((built / "config.yaml").read_text())["runs"])
+    runs = metrics.read_runs(built / "results/metrics/metrics.h5")
+    assert runs.palette_index.tolist() == [defined.index(run) for run in RUNS]
+
+
+def test_report_embeds_every_figure_and_matches_the_summary(built: Path) -> None:
+    text = (built / "results/report.md").read_text()
+    embedded = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    plots = (built / "results/plots").glob("*.png")
+    figures = sorted(p.relative_to(built / "results").as_posix() for p in plots)
+    assert sorted(embedded) == figures
+    assert "trained for 2 epochs, the original for 300" in text
+    table = pd.read_csv(built / "results/report.csv")
+    summary = pd.read_csv(built / "results/metrics/summary.csv")
+    assert table.run.tolist() == list(RUNS)
+    assert table.valid_accuracy_best_mean.tolist() == summary.valid_accuracy_best_mean.tolist()
+    assert table.original_valid_accuracy.tolist() == [0.942, 0.771]
+    assert table.seeds_complete.tolist() == [2, 2]
+    assert (table.wall_seconds_mean > 0).all()
 
 
 def test_second_run_does_nothing(built: Path, mnist_dir: Path) -> None:
@@ -129,13 +155,25 @@ def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: 
     assert planned_jobs(built, mnist_dir) == {
         "plot_multi_seed_accuracy": 1,
         "plot_multi_seed_accuracy_loss": 2,
-        "plot_single_seed": 2,
+        "plot_active_dims": 1,
+        "plot_single_seed": 3,
+        "report": 1,
         "all": 1,
     }
     before = mtimes(built)
     snakemake(built, mnist_dir)
     changed = {p for p, t in mtimes(built).items() if before.get(p) != t}
-    assert changed and all(p.suffix == ".png" or "logs" in p.parts for p in changed)
+    rerendered = {
+        p.relative_to(built / "results").as_posix() for p in changed if "logs" not in p.parts
+    }
+    assert rerendered == {
+        *(
+            p.relative_to(built / "results").as_posix()
+            for p in (built / "results/plots").glob("*.png")
+        ),
+        "report.md",
+        "report.csv",
+    }
 
 
 def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:
@@ -147,11 +185,14 @@ def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) ->
     assert run_file(built, "ExactM2", 1) in changed
     other_runs = {run_file(built, run, seed) for run in RUNS for seed in SEEDS}
     assert not (changed & (other_runs - {run_file(built, "ExactM2", 1)}))
-    # The comparison then re-aggregates and re-renders, and trains nothing else.
+    # The comparison then re-aggregates and re-renders, and trains nothing else; the per-run
+    # figures are of seed 2 and stay.
     assert planned_jobs(built, mnist_dir) == {
         "aggregate_metrics": 1,
         "plot_multi_seed_accuracy": 1,
         "plot_multi_seed_accuracy_loss": 2,
+        "plot_active_dims": 1,
+        "report": 1,
         "all": 1,
     }
 

@@ -1,11 +1,16 @@
 """Aggregate every run's history into one tidy table, and summarise it per run.
 
-The aggregated HDF5 file holds two tables, each a group with one dataset per column:
+The aggregated HDF5 file holds four tables, each a group with one dataset per column:
 
     /table   run, seed, split, epoch, metric, value   (one row per logged value)
-    /runs    run, label, model, order                 (the runs the config names, in its order)
+    /runs    run, label, model, order, palette_index, seeds_configured
+                                      (the runs the config names, in its order)
+    /seeds   run, seed, status, device, wall_seconds  (one row per run file)
+    /z_kl    run, seed, epoch, kl                     (kl: (rows, z dimensions), the KL of each
+                                      z dimension averaged over the validation set)
 
-`read_table(path)` and `read_runs(path)` return them as pandas DataFrames.
+`read_table`, `read_runs`, `read_seeds` and `read_z_kl` return them as pandas DataFrames
+(`read_z_kl` also returns the KL array).
 """
 
 import argparse
@@ -14,12 +19,16 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 
 from ssvae import runfile
 from ssvae.io import atomic_output
 
 TABLE_COLUMNS = ("run", "seed", "split", "epoch", "metric", "value")
+RUN_COLUMNS = ("run", "label", "model", "order", "palette_index", "seeds_configured")
+SEED_COLUMNS = ("run", "seed", "status", "device", "wall_seconds")
+Z_KL_COLUMNS = ("run", "seed", "epoch")
 
 
 def tidy_history(path: Path) -> pd.DataFrame:
@@ -65,7 +74,27 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def read_runs(path: Path) -> pd.DataFrame:
     with h5py.File(path, "r") as f:
-        return _read_frame(f["runs"], ("run", "label", "model", "order"))
+        return _read_frame(f["runs"], RUN_COLUMNS)
+
+
+def read_seeds(path: Path) -> pd.DataFrame:
+    with h5py.File(path, "r") as f:
+        return _read_frame(f["seeds"], SEED_COLUMNS)
+
+
+def read_z_kl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(run, seed, epoch) rows and the matching (rows, z dimensions) validation-mean KL."""
+    with h5py.File(path, "r") as f:
+        return _read_frame(f["z_kl"], Z_KL_COLUMNS), f["z_kl/kl"][()]
+
+
+def active_dims(path: Path, threshold: float) -> pd.DataFrame:
+    """Tidy rows (split "valid", metric "active_dims") counting, per run, seed and validation,
+    the z dimensions whose validation-mean KL exceeds `threshold` nats."""
+    rows, kl = read_z_kl(path)
+    return rows.assign(split="valid", metric="active_dims", value=(kl > threshold).sum(axis=1))[
+        list(TABLE_COLUMNS)
+    ]
 
 
 def seed_curves(table: pd.DataFrame, run: str, split: str, metric: str) -> pd.DataFrame:
@@ -74,14 +103,22 @@ def seed_curves(table: pd.DataFrame, run: str, split: str, metric: str) -> pd.Da
     return rows.pivot(index="epoch", columns="seed", values="value").sort_index()
 
 
-def summarize(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+def summarize(table: pd.DataFrame, runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
     """Per run: validation accuracy over seeds at the best epoch of the mean curve and at the
-    last epoch, and test accuracy (mean and sample standard deviation over seeds)."""
+    last epoch, test accuracy (mean and sample standard deviation over seeds), seeds present and
+    complete, and wall time per seed and in total."""
     rows = []
     for run in runs.itertuples():
         valid = seed_curves(table, run.run, "valid", "accuracy")
         test = seed_curves(table, run.run, "test", "accuracy")
         row = {"run": run.run, "label": run.label, "model": run.model, "n_seeds": valid.shape[1]}
+        run_seeds = seeds[seeds.run == run.run]
+        row |= {
+            "seeds_configured": run.seeds_configured,
+            "seeds_complete": int((run_seeds.status == "complete").sum()),
+            "wall_seconds_mean": run_seeds.wall_seconds.mean(),
+            "wall_seconds_total": run_seeds.wall_seconds.sum(),
+        }
         if not valid.empty:
             mean = valid.mean(axis=1)
             best_epoch = int(mean.idxmax())
@@ -101,23 +138,61 @@ def summarize(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_record(path: Path) -> dict:
+    attrs = runfile.read_attrs(path)
+    return {
+        "run": str(attrs["run"]),
+        "seed": int(attrs["seed"]),
+        "status": str(attrs["status"]),
+        "device": str(attrs["device"]),
+        "wall_seconds": float(attrs["wall_seconds"]),
+    }
+
+
+def z_kl_rows(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The validation-mean KL per z dimension of one run file (no rows for runs without z)."""
+    attrs = runfile.read_attrs(path)
+    z_stats = runfile.read_arrays(path, "z_stats") if runfile.has_group(path, "z_stats") else {}
+    epochs = z_stats.get("epoch", np.zeros(0, dtype=np.int64))
+    kl = z_stats.get("kl_per_dim_mean", np.zeros((0, 0)))
+    rows = pd.DataFrame({"run": str(attrs["run"]), "seed": int(attrs["seed"]), "epoch": epochs})
+    return rows, kl
+
+
 def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_csv: Path) -> None:
-    """`runs` maps run id to {"label", "model"}, in the order figures should use."""
+    """`runs` maps run id to {"label", "model", "palette_index", "seeds"}, in the order figures
+    should use; `palette_index` keeps a run's colour when the comparison changes."""
     table = pd.concat([tidy_history(path) for path in run_files], ignore_index=True)
     unknown = sorted(set(table.run) - set(runs))
     if unknown:
         raise ValueError(f"run file of run {unknown[0]!r}, which the run list does not name")
     run_frame = pd.DataFrame(
         [
-            {"run": run, "label": info["label"], "model": info["model"], "order": i}
+            {
+                "run": run,
+                "label": info["label"],
+                "model": info["model"],
+                "order": i,
+                "palette_index": info["palette_index"],
+                "seeds_configured": len(info["seeds"]),
+            }
             for i, (run, info) in enumerate(runs.items())
         ]
     )
+    seed_frame = pd.DataFrame([seed_record(path) for path in run_files], columns=SEED_COLUMNS)
+    z_kl = [z_kl_rows(path) for path in run_files]
+    z_kl_with_rows = [kl for rows, kl in z_kl if len(rows)]
     with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
         _write_frame(f.create_group("table"), table)
         _write_frame(f.create_group("runs"), run_frame)
+        _write_frame(f.create_group("seeds"), seed_frame)
+        z_kl_group = f.create_group("z_kl")
+        _write_frame(z_kl_group, pd.concat([rows for rows, _ in z_kl], ignore_index=True))
+        z_kl_group.create_dataset(
+            "kl", data=np.concatenate(z_kl_with_rows) if z_kl_with_rows else np.zeros((0, 0))
+        )
     with atomic_output(out_csv) as tmp:
-        summarize(table, run_frame).to_csv(tmp, index=False, float_format="%.6g")
+        summarize(table, run_frame, seed_frame).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("run_files", nargs="+", type=Path)
     parser.add_argument(
-        "--runs", required=True, help='JSON object {run: {"label": ..., "model": ...}}, in order'
+        "--runs",
+        required=True,
+        help='JSON object {run: {"label", "model", "palette_index", "seeds"}}, in order',
     )
     parser.add_argument("--out-h5", type=Path, required=True)
     parser.add_argument("--out-csv", type=Path, required=True)

@@ -3,7 +3,8 @@
 Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested group):
 
     /                  attrs: run, model, seed, config (resolved settings as JSON), n_params,
-                       ssvae_version, torch_version, device, finished_at
+                       ssvae_version, torch_version, device, status (complete or diverged),
+                       wall_seconds (from start to this write), finished_at
     /train/epoch       (n_epochs,)  one entry per training epoch, metrics are epoch means
     /train/<metric>    (n_epochs,)  loss, bound, boundU, boundL, classifier, accuracy, objective,
                                     pnorm, gnorm, p(x)/KL_Z, ..., hyperparameters/lr, duration
@@ -76,6 +77,11 @@ def read_attrs(path: Path) -> dict:
         attrs = dict(f.attrs)
     attrs["config"] = json.loads(attrs["config"])
     return attrs
+
+
+def has_group(path: Path, group: str) -> bool:
+    with h5py.File(path, "r") as f:
+        return group in f
 
 
 def read_arrays(path: Path, group: str) -> dict[str, np.ndarray]:

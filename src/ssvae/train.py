@@ -178,6 +178,7 @@ def train_epoch(model, optimizer, images: Images, cfg: TrainConfig, epoch: int, 
 
 def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
           device: torch.device, log=print) -> None:  # fmt: skip
+    run_started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     split = read_split(split_path)
     if split["seed"] != cfg.seed:
@@ -212,6 +213,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "torch_version": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
             "status": status,
+            "wall_seconds": time.perf_counter() - run_started,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         runfile.write(path, attrs, history, {k: v for k, v in extras.items() if v})

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +16,14 @@ MNIST_FILES = [
 MNIST_RAW = "results/data/mnist/raw/{name}.gz"
 MNIST_ARRAYS = "results/data/mnist.npz"
 RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
+# The original's 10-seed numbers per run label (shared/spec/reference_results.md).
+REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
+# Per-run figures of one seed, by file-name prefix, and the ssvae-plot figure that draws each.
+SINGLE_SEED_FIGURES = {
+    "samples": "samples",
+    "KL_Z": "kl-z",
+    "KL_Z_valid_mean": "kl-z-mean",
+}
 # Models without a decoder have no samples or z statistics to draw (the package's MLP).
 MODELS_WITHOUT_DECODER = {"MLP"}
 # Source files whose edits must re-render what they produce (and nothing upstream).
@@ -43,6 +52,11 @@ def run_ids():
     return config["compare"]
 
 
+def run_id_pattern():
+    """A wildcard constraint matching exactly the defined run ids."""
+    return "|".join(re.escape(run) for run in config["runs"])
+
+
 def run_files():
     """Every (run, seed) training output that the config names."""
     return expand(RUN_FILE, run=run_ids(), seed=config["seeds"])
@@ -65,11 +79,15 @@ def train_config(wildcards):
 
 
 def runs_json():
-    """Run ids with their labels and models, in comparison order."""
+    """Run ids with their labels, models, colour (by place among the defined runs, so that it
+    does not change with the comparison) and seeds, in comparison order."""
+    defined = list(config["runs"])
     runs = {
         run: {
             "label": config["runs"][run]["label"],
             "model": config["runs"][run]["model"],
+            "palette_index": defined.index(run),
+            "seeds": config["seeds"],
         }
         for run in run_ids()
     }
@@ -82,7 +100,7 @@ def figure_seed():
 
 
 def single_seed_figures():
-    """Samples grid and KL heatmap of every run that has a decoder."""
+    """Samples grid and the two KL heatmaps of every run that has a decoder."""
     vae_runs = [
         run
         for run in run_ids()
@@ -90,10 +108,23 @@ def single_seed_figures():
     ]
     return expand(
         "results/plots/{figure}_{run}_seed{seed}.png",
-        figure=["samples", "KL_Z"],
+        figure=SINGLE_SEED_FIGURES,
         run=vae_runs,
         seed=figure_seed(),
     )
+
+
+def all_figures():
+    """Every figure of the comparison, in the order the report shows them."""
+    return [
+        "results/plots/multi_seed_accuracy.png",
+        *expand(
+            "results/plots/multi_seed_accuracy_loss_{split}.png",
+            split=["valid", "train"],
+        ),
+        "results/plots/active_dims.png",
+        *single_seed_figures(),
+    ]
 
 
 def run_label(wildcards):

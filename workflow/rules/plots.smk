@@ -31,6 +31,24 @@ rule plot_multi_seed_accuracy_loss:
         "--out {output.png:q} > {log} 2>&1"
 
 
+rule plot_active_dims:
+    input:
+        metrics="results/metrics/metrics.h5",
+        code=PACKAGE_DIR / "plots.py",
+    output:
+        png="results/plots/active_dims.png",
+    log:
+        "results/logs/plots/active_dims.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        threshold=config["active_kl_threshold"],
+    shell:
+        "ssvae-plot active-dims --threshold {params.threshold} --metrics {input.metrics:q} "
+        "--out {output.png:q} > {log} 2>&1"
+
+
 rule plot_single_seed:
     input:
         run_file=RUN_FILE,
@@ -40,13 +58,14 @@ rule plot_single_seed:
     log:
         "results/logs/plots/{figure}_{run}_seed{seed}.log",
     wildcard_constraints:
-        figure="samples|KL_Z",
+        figure="|".join(SINGLE_SEED_FIGURES),
+        run=run_id_pattern(),
         seed=r"\d+",
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        kind=lambda wildcards: {"samples": "samples", "KL_Z": "kl-z"}[wildcards.figure],
+        kind=lambda wildcards: SINGLE_SEED_FIGURES[wildcards.figure],
         label=run_label,
     shell:
         "ssvae-plot {params.kind} --run-file {input.run_file:q} --label {params.label:q} "

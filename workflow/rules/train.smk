@@ -7,7 +7,7 @@ rule train:
     log:
         "results/logs/train/{run}/seed{seed}.log",
     wildcard_constraints:
-        run="|".join(run_ids()),
+        run=run_id_pattern(),
         seed=r"\d+",
     conda:
         "../../envs/train.yaml"

@@ -1,0 +1,236 @@
+"""The results report: one row per run (as Markdown and as CSV) and every figure, embedded by a
+path relative to the report so that it reads on a code host. Drawn from the aggregated metrics
+file alone (no training code is imported)."""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ssvae import metrics
+from ssvae.io import atomic_output
+
+# Figures by file-name prefix, in the report's order: section title and what the figure shows.
+FIGURE_SECTIONS = {
+    "multi_seed_accuracy": ("Validation accuracy", "validation accuracy of every run (spec 5.1)"),
+    "multi_seed_accuracy_loss_valid": (
+        "Validation accuracy and loss",
+        "accuracy and loss on the 10,000 validation images (spec 5.2)",
+    ),
+    "multi_seed_accuracy_loss_train": (
+        "Training accuracy and loss",
+        "accuracy on the labeled minibatches and loss, per training epoch (spec 5.2)",
+    ),
+    "active_dims": (
+        "Active latent dimensions",
+        "z dimensions whose validation-mean KL stays above the threshold (beyond the original)",
+    ),
+    "samples": (
+        "Decoder samples",
+        "decoder means at the last evaluation, 100 per class, classes 0 to 9 downwards (spec 5.3)",
+    ),
+    "KL_Z": (
+        "KL per latent dimension, last validation batch",
+        "one column per q(z|.) row of the last 100 rows of every validation (spec 5.4)",
+    ),
+    "KL_Z_valid_mean": (
+        "KL per latent dimension, averaged over the validation set",
+        "one column per validation, averaged over all 10,000 images (beyond the original)",
+    ),
+}
+
+
+def figure_section(path: Path) -> str:
+    """The section of a figure: the longest prefix its name starts with."""
+    for prefix in sorted(FIGURE_SECTIONS, key=len, reverse=True):
+        if path.name.startswith(prefix):
+            return prefix
+    raise ValueError(f"figure {path.name}: no report section takes it")
+
+
+def read_reference(path: Path) -> pd.DataFrame:
+    """The original's 10-seed validation accuracy per run label (reference_results.md)."""
+    reference = pd.read_csv(path)
+    missing = {"label", "valid_accuracy"} - set(reference.columns)
+    if missing:
+        raise ValueError(f"{path}: no column {sorted(missing)[0]!r}")
+    return reference[["label", "valid_accuracy"]].rename(
+        columns={"valid_accuracy": "original_valid_accuracy"}
+    )
+
+
+def devices_line(seeds: pd.DataFrame) -> str:
+    counts = seeds.device.value_counts()
+    return "Trained on: " + ", ".join(f"{device} ({n} run files)" for device, n in counts.items())
+
+
+def results_table(metrics_path: Path, reference_path: Path, threshold: float) -> pd.DataFrame:
+    """Per run: the aggregated summary, the original's number and the difference to it, and the
+    active z dimensions at the last validation (mean and std over seeds)."""
+    summary = metrics.summarize(
+        metrics.read_table(metrics_path),
+        metrics.read_runs(metrics_path).sort_values("order"),
+        metrics.read_seeds(metrics_path),
+    )
+    active = metrics.active_dims(metrics_path, threshold)
+    last = active[active.epoch == active.groupby("run").epoch.transform("max")]
+    active_last = last.groupby("run").value.agg(
+        active_dims_last_mean="mean", active_dims_last_std=lambda v: v.std(ddof=1)
+    )
+    table = summary.merge(read_reference(reference_path), on="label", how="left")
+    table = table.merge(active_last, left_on="run", right_index=True, how="left")
+    table["difference"] = table.valid_accuracy_best_mean - table.original_valid_accuracy
+    return table
+
+
+def _mean_std(mean: float, std: float, digits: int = 3) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    if pd.isna(seconds):
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _signed(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:+.3f}"
+
+
+def markdown_table(table: pd.DataFrame) -> list[str]:
+    lines = [
+        "| run | valid accuracy, best epoch of the mean | valid accuracy, last epoch "
+        "| test accuracy, end | original | difference | seeds complete "
+        "| wall time per seed | wall time, all seeds | active z dims, last |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.itertuples():
+        best = _mean_std(row.valid_accuracy_best_mean, row.valid_accuracy_best_std)
+        original = row.original_valid_accuracy
+        cells = [
+            row.label,
+            f"{best} (epoch {row.best_epoch})" if best != "–" else best,
+            _mean_std(row.valid_accuracy_last_mean, row.valid_accuracy_last_std),
+            _mean_std(row.test_accuracy_mean, row.test_accuracy_std),
+            "–" if pd.isna(original) else f"{original:.3f}",
+            _signed(row.difference),
+            f"{row.seeds_complete}/{row.seeds_configured}",
+            _duration(row.wall_seconds_mean),
+            _duration(row.wall_seconds_total),
+            _mean_std(row.active_dims_last_mean, row.active_dims_last_std, digits=1),
+        ]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
+
+
+def ranking_lines(table: pd.DataFrame) -> list[str]:
+    """Whether the runs that have an original number keep the original's order."""
+    compared = table.dropna(subset=["original_valid_accuracy", "valid_accuracy_best_mean"])
+    if len(compared) < 2:
+        return []
+    ours = compared.sort_values("valid_accuracy_best_mean", ascending=False).label.tolist()
+    original = compared.sort_values("original_valid_accuracy", ascending=False).label.tolist()
+    within = (compared.difference.abs() <= 0.01).sum()
+    verdict = "the same as" if ours == original else "different from"
+    return [
+        f"Order by best-epoch validation accuracy: {' > '.join(ours)}; "
+        f"{verdict} the original's ({' > '.join(original)}).",
+        f"Runs within ±0.01 of the original: {within} of {len(compared)}.",
+    ]
+
+
+def render_markdown(
+    table: pd.DataFrame, devices: str, figures: list[Path], report_dir: Path, threshold: float
+) -> str:
+    n_configured = table.seeds_configured.max()
+    epochs = int(table.last_epoch.max())
+    lines = [
+        "# Results: semi-supervised VAEs on MNIST with 100 labels",
+        "",
+        f"{len(table)} runs, {n_configured} seeds each, epochs 0 to {epochs}. Accuracy cells are "
+        "the mean ± sample standard deviation over seeds. *Original* is the original vae_ssl's "
+        "10-seed validation accuracy after 300 epochs (the legend of its figure); *difference* "
+        "is ours at the best epoch minus the original.",
+        "",
+    ]
+    if epochs != 300:
+        lines += [
+            f"**These runs trained for {epochs} epochs, the original for 300: the difference "
+            "column is no reproduction check.**",
+            "",
+        ]
+    lines += markdown_table(table) + ["", f"{devices}.", ""]
+    lines += [line for text in ranking_lines(table) for line in (text, "")]
+    lines += [
+        "Definitions:",
+        "- *best epoch of the mean*: the epoch at which the seed-mean validation accuracy curve "
+        "peaks, with the spread of the seeds at that epoch (the original's legend statistic);",
+        "- *test accuracy*: on the 10,000 MNIST test images after the last epoch;",
+        "- *wall time*: from the start of a training job to its run file (data loading, "
+        "training, every validation and the test);",
+        f"- *active z dims*: of 50, those whose KL, averaged over the validation set, exceeds "
+        f"{threshold:g} nats at the last validation.",
+        "",
+    ]
+    by_section = {}
+    for path in figures:
+        by_section.setdefault(figure_section(path), []).append(path)
+    for prefix, (title, caption) in FIGURE_SECTIONS.items():
+        if prefix not in by_section:
+            continue
+        lines += [f"## {title}", "", f"{caption[0].upper()}{caption[1:]}.", ""]
+        for path in by_section[prefix]:
+            relative = Path(os.path.relpath(path, report_dir)).as_posix()
+            lines += [f"![{path.stem}]({relative})", ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    metrics_path: Path,
+    reference_path: Path,
+    figures: list[Path],
+    threshold: float,
+    out_md: Path,
+    out_csv: Path,
+) -> None:
+    table = results_table(metrics_path, reference_path, threshold)
+    devices = devices_line(metrics.read_seeds(metrics_path))
+    markdown = render_markdown(table, devices, figures, out_md.parent, threshold)
+    with atomic_output(out_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_output(out_md) as tmp:
+        tmp.write_text(markdown + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ssvae-report",
+        description="Write the results report (Markdown and CSV) from the aggregated metrics.",
+    )
+    parser.add_argument("--metrics", type=Path, required=True, help="aggregated metrics .h5")
+    parser.add_argument(
+        "--reference", type=Path, required=True, help="CSV of the original's numbers per label"
+    )
+    parser.add_argument("--figures", type=Path, nargs="*", default=[], help="PNGs to embed")
+    parser.add_argument("--threshold", type=float, required=True, help="active-dimension KL")
+    parser.add_argument("--out-md", type=Path, required=True)
+    parser.add_argument("--out-csv", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if not (args.threshold >= 0 and math.isfinite(args.threshold)):
+        parser.error(f"--threshold must be a finite number of nats >= 0, not {args.threshold}")
+    try:
+        write_report(
+            args.metrics, args.reference, args.figures, args.threshold, args.out_md, args.out_csv
+        )
+    except (OSError, KeyError, ValueError) as err:
+        sys.exit(f"ssvae-report: error: {err}")
+    print(f"wrote {args.out_md} and {args.out_csv}")

@@ -1,0 +1,82 @@
+"""A tiny synthetic set of aggregated runs whose every summary number is known by hand."""
+
+from pathlib import Path
+
+import numpy as np
+
+from ssvae import metrics, runfile
+
+Z = 50
+# Validation accuracy at epochs 0, 10, 20 and test accuracy, per seed.
+EXACT = {
+    1: ([0.80, 0.90, 0.88], 0.91),
+    2: ([0.82, 0.94, 0.90], 0.93),
+    3: ([0.84, 0.92, 0.92], 0.95),
+}
+MLP = {1: ([0.77, 0.75, 0.74], 0.70), 2: ([0.75, 0.73, 0.72], 0.72)}
+NEW = {1: ([0.40, 0.50, 0.45], 0.48)}
+EPOCHS = [0, 10, 20]
+RUNS = {
+    "ExactM2": {"label": "ExactM2", "model": "ExactM2", "palette_index": 0, "seeds": [1, 2, 3]},
+    "MLP": {"label": "MLP", "model": "MLP", "palette_index": 8, "seeds": [1, 2, 3]},
+    "New": {"label": "New run", "model": "ApproxM2", "palette_index": 9, "seeds": [1, 2, 3]},
+}
+
+
+def kl_with_active_dims(n_active: int) -> np.ndarray:
+    """Validation-mean KL per dimension: `n_active` dimensions well above the 0.01 threshold,
+    one exactly at it (not active: the test is strict), the rest collapsed."""
+    kl = np.full(Z, 0.001)
+    kl[:n_active] = 0.5
+    kl[n_active] = 0.01
+    return kl
+
+
+def write_run(
+    directory: Path,
+    run: str,
+    seed: int,
+    valid: list,
+    test: float,
+    wall: float,
+    active: list[int] | None,
+) -> Path:
+    path = directory / run / f"seed{seed}.h5"
+    attrs = {
+        "run": run,
+        "model": RUNS[run]["model"],
+        "seed": seed,
+        "config": {},
+        "status": "complete",
+        "device": "cpu",
+        "wall_seconds": wall,
+    }
+    history = {
+        "train": {"epoch": list(range(21)), "accuracy": [1.0] * 21, "loss": [200.0] * 21},
+        "valid": {"epoch": EPOCHS, "accuracy": valid, "loss": [300.0, 250.0, 260.0]},
+        "test": {"epoch": [20], "accuracy": [test]},
+    }
+    arrays = {}
+    if active is not None:
+        arrays["z_stats"] = {
+            "epoch": EPOCHS,
+            "kl_per_dim_mean": np.stack([kl_with_active_dims(n) for n in active]),
+        }
+    runfile.write(path, attrs, history, arrays)
+    return path
+
+
+def synthetic_metrics(tmp_path: Path) -> Path:
+    """metrics.h5 aggregated from the synthetic run files, as the workflow's rule makes it."""
+    files = []
+    for seed, (valid, test) in EXACT.items():
+        # Active dimensions over the validations; at the last one 5, 7 and 9 for seeds 1..3.
+        active = [20, 10, 3 + 2 * seed]
+        files.append(write_run(tmp_path, "ExactM2", seed, valid, test, 100.0 * seed, active))
+    for seed, (valid, test) in MLP.items():
+        files.append(write_run(tmp_path, "MLP", seed, valid, test, 30.0, None))
+    for seed, (valid, test) in NEW.items():
+        files.append(write_run(tmp_path, "New", seed, valid, test, 9000.0, [4, 4, 4]))
+    out = tmp_path / "results/metrics/metrics.h5"
+    metrics.aggregate(files, RUNS, out, out.with_name("summary.csv"))
+    return out

@@ -1,0 +1,185 @@
+"""The aggregated metrics and the report, on a tiny synthetic set of runs whose answer is known."""
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from synthetic_runs import Z, synthetic_metrics
+
+from ssvae import metrics, report
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Path:
+    return synthetic_metrics(tmp_path)
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    path = tmp_path / "reference.csv"
+    path.write_text("label,valid_accuracy\nExactM2,0.942\nMLP,0.771\nLogGamma,0.874\n")
+    return path
+
+
+def test_aggregate_keeps_runs_seeds_and_kl(synthetic: Path) -> None:
+    runs = metrics.read_runs(synthetic)
+    assert runs.run.tolist() == ["ExactM2", "MLP", "New"]
+    assert runs.palette_index.tolist() == [0, 8, 9]
+    assert runs.seeds_configured.tolist() == [3, 3, 3]
+    seeds = metrics.read_seeds(synthetic)
+    assert len(seeds) == 6
+    assert seeds.set_index(["run", "seed"]).wall_seconds[("ExactM2", 2)] == 200.0
+    rows, kl = metrics.read_z_kl(synthetic)
+    assert kl.shape == (4 * 3, Z)  # three ExactM2 seeds and one New seed, 3 validations each
+    assert set(rows.run) == {"ExactM2", "New"}
+
+
+def test_active_dims_counts_dimensions_strictly_above_the_threshold(synthetic: Path) -> None:
+    active = metrics.active_dims(synthetic, 0.01)
+    exact_last = active[(active.run == "ExactM2") & (active.epoch == 20)]
+    assert exact_last.sort_values("seed").value.tolist() == [5, 7, 9]
+    assert set(active.split) == {"valid"} and set(active.metric) == {"active_dims"}
+    # Lower the threshold below 0.01 and the dimension sitting at it becomes active too.
+    lowered = metrics.active_dims(synthetic, 0.005)
+    assert lowered[(lowered.run == "ExactM2") & (lowered.epoch == 20)].value.min() == 6
+
+
+def test_report_table_has_the_known_numbers(synthetic: Path, reference: Path) -> None:
+    table = report.results_table(synthetic, reference, 0.01).set_index("run")
+    exact, mlp, new = table.loc["ExactM2"], table.loc["MLP"], table.loc["New"]
+    # ExactM2: seed means 0.82, 0.92, 0.90 -> best epoch 10; seeds at it 0.90, 0.94, 0.92.
+    assert exact.best_epoch == 10
+    assert exact.valid_accuracy_best_mean == pytest.approx(0.92)
+    assert exact.valid_accuracy_best_std == pytest.approx(0.02)
+    assert exact.last_epoch == 20
+    assert exact.valid_accuracy_last_mean == pytest.approx(0.90)
+    assert exact.valid_accuracy_last_std == pytest.approx(0.02)
+    assert exact.test_accuracy_mean == pytest.approx(0.93)
+    assert exact.test_accuracy_std == pytest.approx(0.02)
+    assert exact.original_valid_accuracy == 0.942
+    assert exact.difference == pytest.approx(0.92 - 0.942)
+    assert (exact.seeds_complete, exact.seeds_configured) == (3, 3)
+    assert (exact.wall_seconds_mean, exact.wall_seconds_total) == (200.0, 600.0)
+    assert (exact.active_dims_last_mean, exact.active_dims_last_std) == (7.0, 2.0)
+    # MLP: two of three seeds; means 0.76, 0.74, 0.73 -> best at epoch 0; no latent space.
+    assert mlp.best_epoch == 0
+    assert mlp.valid_accuracy_best_mean == pytest.approx(0.76)
+    assert mlp.valid_accuracy_best_std == pytest.approx(math.sqrt(2) * 0.01)
+    assert mlp.difference == pytest.approx(0.76 - 0.771)
+    assert (mlp.seeds_complete, mlp.seeds_configured) == (2, 3)
+    assert math.isnan(mlp.active_dims_last_mean)
+    # A run the original did not have: no reference, no difference; one seed, no spread.
+    assert math.isnan(new.original_valid_accuracy) and math.isnan(new.difference)
+    assert math.isnan(new.valid_accuracy_best_std)
+    assert new.active_dims_last_mean == 4.0
+
+
+def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Path) -> None:
+    results = synthetic.parents[1]
+    names = ["samples_A_seed2", "KL_Z_valid_mean_A_seed2", "KL_Z_A_seed2", "multi_seed_accuracy"]
+    figures = [results / f"plots/{name}.png" for name in names]
+    out_md, out_csv = results / "report.md", results / "report.csv"
+    report.write_report(synthetic, reference, figures, 0.01, out_md, out_csv)
+    text = out_md.read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["ExactM2"] == (
+        "| ExactM2 | 0.920 ± 0.020 (epoch 10) | 0.900 ± 0.020 | 0.930 ± 0.020 | 0.942 | -0.022 "
+        "| 3/3 | 3.3 min | 10.0 min | 7.0 ± 2.0 |"
+    )
+    assert rows["MLP"] == (
+        "| MLP | 0.760 ± 0.014 (epoch 0) | 0.730 ± 0.014 | 0.710 ± 0.014 | 0.771 | -0.011 "
+        "| 2/3 | 30 s | 60 s | – |"
+    )
+    assert rows["New run"] == (
+        "| New run | 0.500 (epoch 10) | 0.450 | 0.480 | – | – | 1/3 | 2.5 h | 2.5 h | 4.0 |"
+    )
+    assert "trained for 20 epochs, the original for 300" in text
+    assert "ExactM2 > MLP; the same as the original's (ExactM2 > MLP)" in text
+    assert "Runs within ±0.01 of the original: 0 of 2." in text
+    # Figures are embedded by paths relative to the report.
+    assert "![multi_seed_accuracy](plots/multi_seed_accuracy.png)" in text
+    assert "![samples_A_seed2](plots/samples_A_seed2.png)" in text
+    # In section order, whatever order they come in; each KL figure under its own heading.
+    embedded = re.findall(r"!\[([^]]+)\]", text)
+    assert embedded == [
+        "multi_seed_accuracy",
+        "samples_A_seed2",
+        "KL_Z_A_seed2",
+        "KL_Z_valid_mean_A_seed2",
+    ]
+    assert "Trained on: cpu (6 run files)." in text
+    table = pd.read_csv(out_csv)
+    assert table.run.tolist() == ["ExactM2", "MLP", "New"]
+    assert table.valid_accuracy_best_mean.tolist() == pytest.approx([0.92, 0.76, 0.50])
+
+
+def test_report_cli_refuses_an_unknown_figure_and_writes_nothing(
+    synthetic: Path, reference: Path, tmp_path: Path, run_console_script
+) -> None:
+    out_md, out_csv = tmp_path / "out/report.md", tmp_path / "out/report.csv"
+    result = run_console_script(
+        "ssvae-report",
+        "--metrics",
+        str(synthetic),
+        "--reference",
+        str(reference),
+        "--figures",
+        str(tmp_path / "plots/mystery.png"),
+        "--threshold",
+        "0.01",
+        "--out-md",
+        str(out_md),
+        "--out-csv",
+        str(out_csv),
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ssvae-report: error: figure mystery.png: no report section takes it"
+    )
+    assert not out_md.exists() and not out_csv.exists()
+
+
+def test_report_cli_writes_both_files(
+    synthetic: Path, reference: Path, tmp_path: Path, run_console_script
+) -> None:
+    out_md, out_csv = tmp_path / "report.md", tmp_path / "report.csv"
+    result = run_console_script(
+        "ssvae-report",
+        "--metrics",
+        str(synthetic),
+        "--reference",
+        str(reference),
+        "--threshold",
+        "0.01",
+        "--out-md",
+        str(out_md),
+        "--out-csv",
+        str(out_csv),
+    )
+    assert result.returncode == 0, result.stderr
+    assert out_md.read_text().startswith("# Results")
+    assert len(pd.read_csv(out_csv)) == 3
+
+
+def test_reference_file_matches_the_spec() -> None:
+    """The repository's copy of the original's numbers, against reference_results.md's table."""
+    repo = Path(__file__).resolve().parents[1]
+    reference = pd.read_csv(repo / "workflow/resources/reference_results.csv")
+    expected = {
+        "ExactM2": 0.942,
+        "GumbelSoftmaxM2 shrp=3.0": 0.941,
+        "LogisticNormalM2 shrp=3.0": 0.939,
+        "LogisticNormal": 0.923,
+        "LogisticNormalM2": 0.897,
+        "STGumbelSoftmaxM2": 0.890,
+        "ApproxM2": 0.875,
+        "LogGamma": 0.874,
+        "MLP": 0.771,
+    }
+    assert dict(zip(reference.label, reference.valid_accuracy, strict=True)) == expected
+    config_runs = yaml.safe_load((repo / "config.yaml").read_text())["runs"]
+    labels = {run["label"] for run in config_runs.values()}
+    assert labels == set(expected), "every run of config.yaml has the original's number"

@@ -1,0 +1,20 @@
+rule report:
+    input:
+        metrics="results/metrics/metrics.h5",
+        reference=REFERENCE_RESULTS,
+        figures=all_figures(),
+        code=PACKAGE_DIR / "report.py",
+    output:
+        md="results/report.md",
+        csv="results/report.csv",
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        threshold=config["active_kl_threshold"],
+    shell:
+        "ssvae-report --metrics {input.metrics:q} --reference {input.reference:q} "
+        "--figures {input.figures:q} --threshold {params.threshold} "
+        "--out-md {output.md:q} --out-csv {output.csv:q} > {log} 2>&1"
