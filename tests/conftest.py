@@ -5,6 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ssvae import data
@@ -61,3 +62,17 @@ def run_console_script():
         return subprocess.run([executable, *args], capture_output=True, text=True, timeout=300)
 
     return run
+
+
+N_TRAIN, N_EVAL = 1000, 100
+
+
+@pytest.fixture(scope="session")
+def small_mnist(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared arrays cut to 1,000 training and 100 validation and test images."""
+    arrays = data.load(prepared_mnist)
+    sizes = {"train": N_TRAIN, "valid": N_EVAL, "test": N_EVAL}
+    small = {key: values[: sizes[key.split("_")[0]]] for key, values in arrays.items()}
+    path = tmp_path_factory.mktemp("small_mnist") / "mnist.npz"
+    np.savez(path, **small)
+    return path

@@ -18,7 +18,6 @@ from ssvae.splits import write_split
 from ssvae.train import TrainingDiverged, diverged_path, train
 
 SEED = 3
-N_TRAIN, N_EVAL = 1000, 100
 # Small batches keep the CPU time down; 20 unlabeled images still give ExactM2 the 200
 # class-enumerated q(z|.) rows from which the last 100 are kept.
 TINY_RUN = {"epochs": 1, "steps_per_epoch": 2, "eval_every": 1, "batch_size": 20}
@@ -40,17 +39,6 @@ VAE_TRAIN_METRICS = {
     "p(x,y)/KL_Z",
     "p(x,y)/nllX",
 }
-
-
-@pytest.fixture(scope="module")
-def small_mnist(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The prepared arrays cut to 1,000 training and 100 validation and test images."""
-    arrays = data.load(prepared_mnist)
-    sizes = {"train": N_TRAIN, "valid": N_EVAL, "test": N_EVAL}
-    small = {key: values[: sizes[key.split("_")[0]]] for key, values in arrays.items()}
-    path = tmp_path_factory.mktemp("small_mnist") / "mnist.npz"
-    np.savez(path, **small)
-    return path
 
 
 def split_file(small_mnist: Path, directory: Path, seed: int = SEED) -> Path:

@@ -100,6 +100,8 @@ def test_smoke_run_builds_every_output(built: Path) -> None:
             assert run_file(built, run, seed).exists()
             log = (built / f"results/logs/train/{run}/seed{seed}.log").read_text()
             assert len(re.findall(r"^epoch +\d+/2 ", log, flags=re.MULTILINE)) == 3
+    # The smoke preset checkpoints every epoch; a completed run leaves no checkpoint behind.
+    assert not list((built / "results/runs").rglob("checkpoint.pt"))
     table = metrics.read_table(built / "results/metrics/metrics.h5")
     assert set(table.run) == set(RUNS)
     assert set(table.seed) == set(SEEDS)

@@ -7,10 +7,12 @@ samples are drawn, and after the last epoch the test split is evaluated once.
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 
 import ssvae
-from ssvae import data, runfile
+from ssvae import checkpoint, data, runfile
+from ssvae.checkpoint import CheckpointMismatch
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import SemiSupervisedVAE, build_model
 from ssvae.nn import N_CLASSES, Z_DIM
@@ -124,25 +127,43 @@ def load_images(data_path: Path, split: dict, device: torch.device) -> Images:
     )
 
 
-def train_epoch(model, optimizer, images: Images, cfg: TrainConfig, epoch: int, step: int,
-                max_grad_norm: float) -> dict[str, float]:  # fmt: skip
-    """One epoch of `cfg.steps_per_epoch` steps after `step` steps; returns the epoch means.
+@dataclass
+class EpochProgress:
+    """Where training stands inside one epoch; metric sums stay on the device."""
 
-    Metrics accumulate on the device and are read once, at the end: no host sync per step.
-    """
+    epoch: int
+    order: torch.Tensor  # this epoch's permutation of the unlabeled images
+    steps_done: int = 0
+    sums: dict = field(default_factory=dict)
+    schedule_sums: dict = field(default_factory=dict)
+    first_bad_step: torch.Tensor | None = None
+    seconds: float = 0.0  # training time spent in this epoch so far
+
+    @classmethod
+    def start(cls, epoch: int, images: Images) -> "EpochProgress":
+        device = images.train_x.device
+        return cls(
+            epoch=epoch,
+            order=torch.randperm(len(images.train_x), device=device),
+            first_bad_step=torch.tensor(-1, device=device),
+        )
+
+
+def train_steps(model, optimizer, images: Images, cfg: TrainConfig, progress: EpochProgress,
+                max_grad_norm: float, stop) -> bool:  # fmt: skip
+    """Run the rest of an epoch's steps, or until `stop()` says to halt at a step boundary;
+    True when the epoch is complete. No host sync per step: `stop` reads a Python flag."""
     model.train()
     params = list(model.parameters())
     batch = cfg.batch_size
-    sums = defaultdict(float)
-    schedule_sums = defaultdict(float)
-    first_bad_step = torch.tensor(-1, device=images.train_x.device)
-    order = torch.randperm(len(images.train_x), device=images.train_x.device)
-    for i in range(cfg.steps_per_epoch):
-        step += 1
+    started = time.perf_counter()
+    while progress.steps_done < cfg.steps_per_epoch and not stop():
+        i = progress.steps_done
+        step = progress.epoch * cfg.steps_per_epoch + i + 1
         coefs = annealing(step, cfg.anneal_classifier_steps)
         x_unlabeled = None
         if model.uses_unlabeled:  # a fresh permutation of the unlabeled set every epoch
-            x_unlabeled = binarize(images.train_x[order[i * batch : (i + 1) * batch]])
+            x_unlabeled = binarize(images.train_x[progress.order[i * batch : (i + 1) * batch]])
         pick = torch.randint(len(images.labeled_x), (batch,), device=images.labeled_x.device)
         result = model(x_unlabeled, binarize(images.labeled_x[pick]), images.labeled_y[pick], coefs)
         # L2 on every parameter inside the summed loss, so clipping sees it (spec 4.3, 4.4).
@@ -153,8 +174,10 @@ def train_epoch(model, optimizer, images: Images, cfg: TrainConfig, epoch: int, 
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
 
-        first_bad_step = torch.where(
-            (first_bad_step < 0) & ~torch.isfinite(objective), step, first_bad_step
+        progress.first_bad_step = torch.where(
+            (progress.first_bad_step < 0) & ~torch.isfinite(objective),
+            step,
+            progress.first_bad_step,
         )
         step_metrics = result.metrics | {
             "objective": objective,
@@ -162,22 +185,37 @@ def train_epoch(model, optimizer, images: Images, cfg: TrainConfig, epoch: int, 
             "gnorm": grad_norm.clamp(max=max_grad_norm),  # the norm after clipping
         }
         for name, value in step_metrics.items():
-            sums[name] = sums[name] + value.detach()
+            progress.sums[name] = progress.sums.get(name, 0.0) + value.detach()
         if model.uses_unlabeled:  # the original's MLP has no annealing variables to log
             for name, value in vars(coefs).items():
-                schedule_sums[f"hyperparameters/annealing/{name}"] += value
+                key = f"hyperparameters/annealing/{name}"
+                progress.schedule_sums[key] = progress.schedule_sums.get(key, 0.0) + value
+        progress.steps_done += 1
+    progress.seconds += time.perf_counter() - started
+    return progress.steps_done == cfg.steps_per_epoch
 
-    metrics = _means(sums, cfg.steps_per_epoch)
-    if first_bad_step.item() >= 0:
+
+def epoch_means(progress: EpochProgress, cfg: TrainConfig) -> dict[str, float]:
+    """The epoch's metric means, read from the device once."""
+    if progress.first_bad_step.item() >= 0:
         raise TrainingDiverged(
-            f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {epoch}, "
-            f"step {first_bad_step.item()}"
+            f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {progress.epoch}, "
+            f"step {progress.first_bad_step.item()}"
         )
-    return metrics | {k: v / cfg.steps_per_epoch for k, v in schedule_sums.items()}
+    metrics = _means(progress.sums, cfg.steps_per_epoch)
+    return metrics | {k: v / cfg.steps_per_epoch for k, v in progress.schedule_sums.items()}
+
+
+class Preempted(RuntimeError):
+    """Training stopped on request (SIGTERM) after writing a checkpoint."""
 
 
 def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
-          device: torch.device, log=print) -> None:  # fmt: skip
+          device: torch.device, log=print, checkpoint_path: Path | None = None,
+          checkpoint_every: int = 0, stop=lambda: False) -> None:  # fmt: skip
+    """Train and write the run file. With `checkpoint_path`, the full training state goes there
+    every `checkpoint_every` epochs and when `stop()` turns true (then Preempted is raised), and
+    a run that finds a checkpoint from the same settings and code resumes from it."""
     run_started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     split = read_split(split_path)
@@ -201,6 +239,26 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
     )
     history = {split_name: defaultdict(list) for split_name in runfile.SPLITS}
     extras = {"z_stats": defaultdict(list), "samples": defaultdict(list)}
+    first_epoch, progress, wall_before = 0, None, 0.0
+    expected = checkpoint.fingerprint(cfg.to_json())
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = checkpoint.load(checkpoint_path, expected, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng_states(state["rng"])
+        history = {g: defaultdict(list, named) for g, named in state["history"].items()}
+        extras = {
+            g: defaultdict(list, named)
+            for g, named in _map_values(state["extras"], lambda value: value.numpy()).items()
+        }
+        first_epoch, wall_before = state["next_epoch"], state["wall_seconds"]
+        if state["progress"] is not None:
+            progress = EpochProgress(**state["progress"])
+        where = f"step {progress.steps_done} of " if progress else ""
+        log(f"resumed from {checkpoint_path}: {where}epoch {first_epoch}", flush=True)
+
+    def wall_seconds() -> float:
+        return wall_before + time.perf_counter() - run_started
 
     def save(path: Path, status: str) -> None:
         attrs = {
@@ -213,28 +271,52 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "torch_version": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
             "status": status,
-            "wall_seconds": time.perf_counter() - run_started,
+            "wall_seconds": wall_seconds(),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         runfile.write(path, attrs, history, {k: v for k, v in extras.items() if v})
 
-    for epoch in range(cfg.epochs + 1):
-        started = time.perf_counter()
+    def save_checkpoint(next_epoch: int) -> None:
+        state = {
+            "fingerprint": expected,
+            "next_epoch": next_epoch,
+            "progress": None if progress is None else vars(progress),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": checkpoint.rng_states(),
+            "history": _map_values(history, lambda value: value),
+            "extras": _map_values(extras, torch.as_tensor),
+            "wall_seconds": wall_seconds(),
+        }
+        checkpoint.save(checkpoint_path, state)
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
         lr = learning_rate(epoch, cfg.lr, cfg.lr_decay, cfg.lr_floor)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step = epoch * cfg.steps_per_epoch
+        if progress is None:  # a resumed epoch keeps its optimizer state, lr included
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            progress = EpochProgress.start(epoch, images)
+        if not train_steps(model, optimizer, images, cfg, progress, max_grad_norm, stop):
+            if checkpoint_path is None:
+                raise Preempted(f"stopped at epoch {epoch}, step {progress.steps_done}")
+            save_checkpoint(epoch)
+            raise Preempted(
+                f"stopped at epoch {epoch}, step {progress.steps_done}; checkpoint written to "
+                f"{checkpoint_path}, rerun to resume"
+            )
         try:
-            metrics = train_epoch(model, optimizer, images, cfg, epoch, step, max_grad_norm)
+            metrics = epoch_means(progress, cfg)
         except TrainingDiverged as err:
             # Snakemake deletes a failed job's output, so what was computed goes beside it.
             kept = diverged_path(out_path)
             save(kept, "diverged")
             raise TrainingDiverged(f"{err}; the epochs before it are kept in {kept}") from None
+        epoch_seconds = progress.seconds
+        progress = None
         metrics |= {
             "hyperparameters/lr": lr,
-            "hyperparameters/update_ctr": step + cfg.steps_per_epoch,
-            "duration": time.perf_counter() - started,
+            "hyperparameters/update_ctr": (epoch + 1) * cfg.steps_per_epoch,
+            "duration": epoch_seconds,
         }
         _append(history["train"], epoch, metrics)
         line = f"epoch {epoch:3d}/{cfg.epochs}  train loss {metrics['loss']:9.2f}"
@@ -253,8 +335,21 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             test_metrics, _ = evaluate(model, *images.test, cfg.batch_size)
             _append(history["test"], epoch, test_metrics)
             line += f"  test acc {test_metrics['accuracy']:.4f}"
-        log(f"{line}  lr {lr:.3e}  {time.perf_counter() - started:6.1f} s", flush=True)
+        log(f"{line}  lr {lr:.3e}  {epoch_seconds:6.1f} s training", flush=True)
+        due = checkpoint_every > 0 and (epoch + 1) % checkpoint_every == 0
+        if checkpoint_path is not None and due and not last_epoch:
+            save_checkpoint(epoch + 1)
     save(out_path, "complete")
+    if checkpoint_path is not None:
+        checkpoint_path.unlink(missing_ok=True)  # the run file now holds everything
+
+
+def _map_values(groups: dict, convert) -> dict:
+    """{group: {name: [values]}} with every value converted, as plain dicts and lists."""
+    return {
+        group: {name: [convert(value) for value in values] for name, values in named.items()}
+        for group, named in groups.items()
+    }
 
 
 def _append(store: dict, epoch: int, values: dict) -> None:
@@ -279,7 +374,21 @@ def main(argv: list[str] | None = None) -> None:
         "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]"
     )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="file for the training state: written every --checkpoint-every epochs and on "
+        "SIGTERM, resumed from when present, deleted when the run completes",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="epochs between checkpoints (0: only on SIGTERM)",
+    )
     args = parser.parse_args(argv)
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be at least 0, not {args.checkpoint_every}")
     try:
         cfg = TrainConfig.from_dict(json.loads(args.run_config))
     except json.JSONDecodeError as err:
@@ -288,7 +397,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"ssvae-train: error: {err}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # SLURM sends SIGTERM before it kills a job (time limit, preemption): finish the step,
+    # write a checkpoint and exit.
+    terminate = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminate.set())
     try:
-        train(cfg, args.data, args.split, args.out, pick_device(args.device))
-    except (ConfigError, TrainingDiverged, data.DataError) as err:
+        train(
+            cfg,
+            args.data,
+            args.split,
+            args.out,
+            pick_device(args.device),
+            checkpoint_path=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            stop=terminate.is_set,
+        )
+    except (ConfigError, TrainingDiverged, Preempted, CheckpointMismatch, data.DataError) as err:
         sys.exit(f"ssvae-train: error: {err}")

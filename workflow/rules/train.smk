@@ -14,10 +14,16 @@ rule train:
     threads: config["train_resources"]["threads"]
     resources:
         gpu=config["train_resources"]["gpus"],
+        # How often to checkpoint is how the job runs, not what it computes: as a resource,
+        # changing it retrains nothing (params would).
+        checkpoint_every=config["train_resources"]["checkpoint_every"],
     params:
         run_config=train_config,
         device=config["train_resources"]["device"],
+        # Not an output: snakemake leaves it when the job fails, so a rerun resumes from it.
+        checkpoint=CHECKPOINT_FILE,
     shell:
         "ssvae-train --data {input.arrays:q} --split {input.split:q} "
         "--run-config {params.run_config:q} --device {params.device} --threads {threads} "
+        "--checkpoint {params.checkpoint:q} --checkpoint-every {resources.checkpoint_every} "
         "--out {output.metrics:q} > {log} 2>&1"

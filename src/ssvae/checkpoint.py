@@ -1,0 +1,74 @@
+"""Checkpoints of a training run, so that a killed or preempted job resumes where it stopped.
+
+A checkpoint holds everything the rest of the run depends on: model and optimizer state (the
+BatchNorm statistics are model buffers), every RNG state, the metric history so far, and where
+training stands (the next epoch, or a position inside an epoch). It also holds a fingerprint of
+the run's settings and of the training code; a checkpoint whose fingerprint differs is refused,
+never resumed silently.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from ssvae.io import atomic_output
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint written by other settings or other code than the run that found it."""
+
+
+def code_digest() -> str:
+    """sha256 over the source of every ssvae module loaded in this process: the code that
+    training runs (figure and report code is never imported by it)."""
+    digest = hashlib.sha256()
+    modules = sorted(
+        (name, module)
+        for name, module in sys.modules.items()
+        if (name == "ssvae" or name.startswith("ssvae.")) and getattr(module, "__file__", None)
+    )
+    for name, module in modules:
+        digest.update(name.encode())
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(config_json: str) -> dict:
+    return {"config": config_json, "code": code_digest(), "torch": str(torch.__version__)}
+
+
+def rng_states() -> dict:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save(path: Path, state: dict) -> None:
+    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: Path, expected: dict, device: torch.device) -> dict:
+    """The checkpoint's state, after checking that `expected` (a fingerprint) matches it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt or truncated file
+        raise CheckpointMismatch(f"checkpoint {path} cannot be read ({err}); delete it") from None
+    found = state["fingerprint"]
+    for key, what in (("config", "settings"), ("code", "training code"), ("torch", "torch")):
+        if found[key] != expected[key]:
+            raise CheckpointMismatch(
+                f"checkpoint {path} was written with other {what} than this run's; delete it "
+                "to train from the start"
+            )
+    return state

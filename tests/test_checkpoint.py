@@ -1,0 +1,177 @@
+"""Checkpoints: a training process killed (SIGKILL) or told to stop (SIGTERM) mid-run and run again
+finishes with exactly the numbers of a run that was never interrupted (on CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ssvae import checkpoint, data
+from ssvae.checkpoint import CheckpointMismatch
+from ssvae.config import TrainConfig
+from ssvae.splits import write_split
+from ssvae.train import Preempted, train
+
+SEED = 4
+# ApproxM2 draws y and z from the RNG at every step: any RNG state not restored shows up.
+# Ten steps of 100 images make an epoch about a second on this machine's CPU.
+RUN = {"run": "resume", "model": "ApproxM2", "seed": SEED, "epochs": 5, "steps_per_epoch": 10}
+RUN |= {"eval_every": 2}
+POLL_S = 0.02
+
+
+@pytest.fixture(scope="module")
+def split(small_mnist: Path, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("split") / "split.json"
+    write_split(data.load(small_mnist)["train_y"], SEED, path)
+    return path
+
+
+def train_command(small_mnist: Path, split: Path, out: Path, *options: str) -> list[str]:
+    return [
+        "ssvae-train", "--data", str(small_mnist), "--split", str(split),
+        "--run-config", json.dumps(RUN), "--out", str(out), "--device", "cpu", "--threads", "1",
+        *options,
+    ]  # fmt: skip
+
+
+def run_file_contents(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of a run file but the timings, which no two runs share."""
+    contents = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                contents.__setitem__(name, obj[()])
+                if isinstance(obj, h5py.Dataset) and not name.endswith("duration")
+                else None
+            )
+        )
+    return contents
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    expected, found = run_file_contents(reference), run_file_contents(resumed)
+    assert found.keys() == expected.keys()
+    for name, values in expected.items():
+        np.testing.assert_array_equal(found[name], values, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(small_mnist: Path, split: Path, tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    out = tmp_path_factory.mktemp("reference") / "metrics.h5"
+    result = subprocess.run(train_command(small_mnist, split, out), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    while not condition():
+        assert process.poll() is None, f"training ended before {what}"
+        time.sleep(POLL_S)
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+) -> None:
+    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
+    command = train_command(
+        small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "2"
+    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(ckpt.exists, process, "its first checkpoint")
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not out.exists()
+    assert torch.load(ckpt, weights_only=True)["next_epoch"] == 2  # epochs 0, 1 are kept
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "epoch 2" in result.stdout
+    assert_same_run(out, reference)
+    assert not ckpt.exists()  # the run file holds everything now
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+) -> None:
+    out, ckpt, log = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "log"
+    # No periodic checkpoints: what resumes is the one SIGTERM made.
+    command = train_command(
+        small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "0"
+    )
+    with log.open("w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: "epoch   1/5" in log.read_text(), process, "epoch 1")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate()
+    assert process.returncode == 1
+    assert "checkpoint written to" in stderr and "rerun to resume" in stderr
+    assert not out.exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["progress"] is not None  # inside an epoch, at a step boundary
+    assert state["next_epoch"] >= 2
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(out, reference)
+
+
+def preempted_checkpoint(small_mnist: Path, split: Path, directory: Path) -> Path:
+    """A checkpoint written by a run stopped before its first step."""
+    ckpt = directory / "checkpoint.pt"
+    with pytest.raises(Preempted, match="checkpoint written to"):
+        train(
+            TrainConfig.from_dict(RUN), small_mnist, split, directory / "metrics.h5",
+            torch.device("cpu"), log=lambda *a, **k: None, checkpoint_path=ckpt,
+            stop=lambda: True,
+        )  # fmt: skip
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("settings", "other settings"),
+        ("code", "other training code"),
+        ("corrupt", "cannot be read"),
+    ],
+)
+def test_a_checkpoint_of_other_settings_or_code_is_refused(
+    small_mnist: Path, split: Path, tmp_path: Path, change: str, named: str
+) -> None:
+    ckpt = preempted_checkpoint(small_mnist, split, tmp_path)
+    cfg = TrainConfig.from_dict(RUN)
+    if change == "settings":
+        cfg = TrainConfig.from_dict(RUN | {"lr": 1e-3})
+    elif change == "code":
+        state = torch.load(ckpt, weights_only=True)
+        state["fingerprint"]["code"] = "0" * 64
+        checkpoint.save(ckpt, state)
+    else:
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointMismatch, match=named) as refused:
+        train(cfg, small_mnist, split, tmp_path / "metrics.h5", torch.device("cpu"),
+              log=lambda *a, **k: None, checkpoint_path=ckpt)  # fmt: skip
+    assert str(ckpt) in str(refused.value) and "delete it" in str(refused.value)
+    assert ckpt.read_bytes() == before  # refused, not overwritten
+    assert not (tmp_path / "metrics.h5").exists()
+
+
+def test_cli_refusal_is_one_line(small_mnist: Path, split: Path, tmp_path: Path) -> None:
+    ckpt = preempted_checkpoint(small_mnist, split, tmp_path)
+    other = RUN | {"epochs": 6}
+    command = train_command(small_mnist, split, tmp_path / "m.h5", "--checkpoint", str(ckpt))
+    command[command.index("--run-config") + 1] = json.dumps(other)
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssvae-train: error: checkpoint ")
