@@ -25,3 +25,4 @@ rule all:
         "results/report.md",
         all_figures(),
         "results/metrics/summary.csv",
+    localrule: True

@@ -1,37 +1,24 @@
 """The real snakemake on the smoke preset, in a scratch copy of the workflow, as a user runs it."""
 
 import re
-import shutil
-import struct
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import (
+    RUNS,
+    SEEDS,
+    SMOKE,
+    assert_smoke_outputs,
+    copy_workflow,
+    run_file,
+)
 
-from ssvae import metrics
-
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src")
-SMOKE = "workflow/configs/smoke.yaml"
-RUNS, SEEDS = ("ExactM2", "MLP"), (1, 2)
 HANG_GUARD_S = 1200  # a stuck snakemake fails the test instead of stalling CI
 
 pytestmark = pytest.mark.e2e
-
-
-def copy_workflow(dest: Path) -> Path:
-    dest.mkdir()
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(
-                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-            )
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def snakemake(
@@ -71,16 +58,6 @@ def planned_jobs(
     return {rule: int(count) for rule, count in jobs.items()}
 
 
-def run_file(workdir: Path, run: str, seed: int) -> Path:
-    return workdir / f"results/runs/{run}/seed{seed}/metrics.h5"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", header[16:24])
-
-
 def mtimes(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (root / "results").rglob("*") if p.is_file()}
 
@@ -94,38 +71,7 @@ def built(tmp_path_factory, mnist_dir: Path) -> Path:
 
 
 def test_smoke_run_builds_every_output(built: Path) -> None:
-    for seed in SEEDS:
-        assert (built / f"results/splits/seed{seed}.json").exists()
-        for run in RUNS:
-            assert run_file(built, run, seed).exists()
-            log = (built / f"results/logs/train/{run}/seed{seed}.log").read_text()
-            assert len(re.findall(r"^epoch +\d+/2 ", log, flags=re.MULTILINE)) == 3
-    # The smoke preset checkpoints every epoch; a completed run leaves no checkpoint behind.
-    assert not list((built / "results/runs").rglob("checkpoint.pt"))
-    table = metrics.read_table(built / "results/metrics/metrics.h5")
-    assert set(table.run) == set(RUNS)
-    assert set(table.seed) == set(SEEDS)
-    assert set(table.split) == {"train", "valid", "test"}
-    summary = pd.read_csv(built / "results/metrics/summary.csv")
-    assert summary.run.tolist() == list(RUNS)
-    assert summary.n_seeds.tolist() == [2, 2]
-    assert summary.test_accuracy_mean.between(0, 1).all()
-    assert png_size(built / "results/plots/multi_seed_accuracy.png") == (648, 432)
-    for split in ("train", "valid"):
-        assert png_size(built / f"results/plots/multi_seed_accuracy_loss_{split}.png") == (
-            1296,
-            432,
-        )
-    assert png_size(built / "results/plots/active_dims.png") == (648, 432)
-    # Per-run figures of seed 2 for the run with a decoder only.
-    assert png_size(built / "results/plots/samples_ExactM2_seed2.png") == (1152, 1152)
-    for figure in ("KL_Z", "KL_Z_valid_mean"):
-        assert png_size(built / f"results/plots/{figure}_ExactM2_seed2.png") == (1296, 360)
-    assert not list((built / "results/plots").glob("*_MLP_seed*.png"))
-    # Colours follow the place among the defined runs, not among the compared ones.
-    defined = list(yaml.safe_load((built / "config.yaml").read_text())["runs"])
-    runs = metrics.read_runs(built / "results/metrics/metrics.h5")
-    assert runs.palette_index.tolist() == [defined.index(run) for run in RUNS]
+    assert_smoke_outputs(built)
 
 
 def test_report_embeds_every_figure_and_matches_the_summary(built: Path) -> None:

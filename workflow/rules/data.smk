@@ -3,6 +3,7 @@ rule download_mnist:
         raw=expand(MNIST_RAW, name=MNIST_FILES),
     log:
         "results/logs/download_mnist.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -20,6 +21,7 @@ rule prepare_mnist:
         arrays=MNIST_ARRAYS,
     log:
         "results/logs/prepare_mnist.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1

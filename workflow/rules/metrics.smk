@@ -7,6 +7,7 @@ rule aggregate_metrics:
         csv="results/metrics/summary.csv",
     log:
         "results/logs/aggregate_metrics.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1

@@ -6,6 +6,7 @@ rule plot_multi_seed_accuracy:
         png="results/plots/multi_seed_accuracy.png",
     log:
         "results/logs/plots/multi_seed_accuracy.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -23,6 +24,7 @@ rule plot_multi_seed_accuracy_loss:
         "results/logs/plots/multi_seed_accuracy_loss_{split}.log",
     wildcard_constraints:
         split="train|valid",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -39,6 +41,7 @@ rule plot_active_dims:
         png="results/plots/active_dims.png",
     log:
         "results/logs/plots/active_dims.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -61,6 +64,7 @@ rule plot_single_seed:
         figure="|".join(SINGLE_SEED_FIGURES),
         run=run_id_pattern(),
         seed=r"\d+",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1

@@ -9,6 +9,7 @@ rule report:
         csv="results/report.csv",
     log:
         "results/logs/report.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1

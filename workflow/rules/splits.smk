@@ -8,6 +8,7 @@ rule labeled_split:
         "results/logs/labeled_split/seed{seed}.log",
     wildcard_constraints:
         seed=r"\d+",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1
