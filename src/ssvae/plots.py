@@ -57,7 +57,14 @@ def draw_seed_means(
         entries.append((value, line))
     entries.sort(key=lambda entry: -entry[0] if higher_is_better else entry[0])
     location = "lower right" if higher_is_better else "upper left"
-    ax.legend(handles=[line for _, line in entries], loc=location, fontsize=10)
+    # A framed legend stays readable where curves run under it.
+    ax.legend(
+        handles=[line for _, line in entries],
+        loc=location,
+        fontsize=10,
+        frameon=True,
+        framealpha=0.85,
+    )
     ax.set_title(title or f"{split} {metric}")
     ax.set_xlabel("epochs")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
