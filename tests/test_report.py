@@ -116,52 +116,36 @@ def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Pat
     assert table.valid_accuracy_best_mean.tolist() == pytest.approx([0.92, 0.76, 0.50])
 
 
+def report_cli(run, synthetic: Path, reference: Path, out_dir: Path, *figures: Path):
+    """ssvae-report as the workflow's rule calls it, writing report.md and report.csv."""
+    figure_args = ["--figures", *map(str, figures)] if figures else []
+    return run(
+        "ssvae-report", "--metrics", str(synthetic), "--reference", str(reference),
+        *figure_args, "--threshold", "0.01",
+        "--out-md", str(out_dir / "report.md"), "--out-csv", str(out_dir / "report.csv"),
+    )  # fmt: skip
+
+
 def test_report_cli_refuses_an_unknown_figure_and_writes_nothing(
     synthetic: Path, reference: Path, tmp_path: Path, run_console_script
 ) -> None:
-    out_md, out_csv = tmp_path / "out/report.md", tmp_path / "out/report.csv"
-    result = run_console_script(
-        "ssvae-report",
-        "--metrics",
-        str(synthetic),
-        "--reference",
-        str(reference),
-        "--figures",
-        str(tmp_path / "plots/mystery.png"),
-        "--threshold",
-        "0.01",
-        "--out-md",
-        str(out_md),
-        "--out-csv",
-        str(out_csv),
-    )
+    out = tmp_path / "out"
+    mystery = tmp_path / "plots/mystery.png"
+    result = report_cli(run_console_script, synthetic, reference, out, mystery)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "ssvae-report: error: figure mystery.png: no report section takes it"
     )
-    assert not out_md.exists() and not out_csv.exists()
+    assert not (out / "report.md").exists() and not (out / "report.csv").exists()
 
 
 def test_report_cli_writes_both_files(
     synthetic: Path, reference: Path, tmp_path: Path, run_console_script
 ) -> None:
-    out_md, out_csv = tmp_path / "report.md", tmp_path / "report.csv"
-    result = run_console_script(
-        "ssvae-report",
-        "--metrics",
-        str(synthetic),
-        "--reference",
-        str(reference),
-        "--threshold",
-        "0.01",
-        "--out-md",
-        str(out_md),
-        "--out-csv",
-        str(out_csv),
-    )
+    result = report_cli(run_console_script, synthetic, reference, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert out_md.read_text().startswith("# Results")
-    assert len(pd.read_csv(out_csv)) == 3
+    assert (tmp_path / "report.md").read_text().startswith("# Results")
+    assert len(pd.read_csv(tmp_path / "report.csv")) == 3
 
 
 def test_reference_file_matches_the_spec() -> None:
