@@ -11,14 +11,17 @@ from torch.distributions import Categorical, Normal, kl_divergence
 from ssvae.nn import (
     ClassifierNet,
     Decoder,
+    Maxout,
     MaxoutStack,
     Subgraph,
     SubgraphBatchNorm,
     ZEncoder,
+    bernoulli_draw,
     bernoulli_nll,
     categorical_kl_uniform,
     gaussian_kl,
     init_uniform_,
+    input_dropout,
 )
 
 BN_EPS = 1e-3
@@ -110,18 +113,29 @@ class TestSubgraphBatchNorm:
 class TestMaxoutStack:
     @staticmethod
     def reference_layer(linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-        """Linear by hand, then out[:, j] = max(pre[:, 4j], ..., pre[:, 4j+3])."""
+        """Linear by hand, then out[:, j] = max of pre[:, j + k*H] over k = 0..3."""
         pre = h @ linear.weight.T + linear.bias
         width = pre.shape[1] // 4
-        return torch.stack([pre[:, 4 * j : 4 * j + 4].max(1).values for j in range(width)], 1)
+        pieces = [pre[:, [j + k * width for k in range(4)]] for j in range(width)]
+        return torch.stack([piece.max(1).values for piece in pieces], 1)
 
-    def test_maxout_over_four_consecutive_units(self) -> None:
+    def test_maxout_over_four_units_a_width_apart(self) -> None:
         stack = MaxoutStack(7, 5, n_layers=2, batchnorm=False).double()
         init_uniform_(stack)
         x = randn(3, 7)
         first, second = stack.linears
         expected = self.reference_layer(second, self.reference_layer(first, x))
         torch.testing.assert_close(stack(x), expected)
+
+    def test_maxout_gradient_matches_finite_differences(self) -> None:
+        pieces = randn(3, 4, 5).requires_grad_()
+        assert torch.autograd.gradcheck(Maxout.apply, (pieces,))
+
+    def test_maxout_gradient_goes_to_every_tied_max_as_in_theano(self) -> None:
+        pieces = torch.tensor([[[1.0], [3.0], [3.0], [-2.0]]], dtype=torch.float64)
+        pieces.requires_grad_()
+        Maxout.apply(pieces).sum().backward()
+        assert pieces.grad.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
 
     def test_stack_without_batchnorm_has_only_linear_layers(self) -> None:
         stack = MaxoutStack(7, 5, n_layers=2, batchnorm=False)
@@ -158,6 +172,25 @@ def test_init_uniform_draws_every_parameter_from_the_init_range() -> None:
         assert param.max() > param.min(), f"{name} is constant"
     bn_gammas = [m.gamma for m in networks.modules() if isinstance(m, SubgraphBatchNorm)]
     assert bn_gammas, "the inference networks use BatchNorm"
+
+
+class TestDraws:
+    def test_bernoulli_draw_is_zero_or_one_with_the_given_probabilities(self) -> None:
+        torch.manual_seed(0)
+        p = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0]).repeat(20_000, 1)
+        draws = bernoulli_draw(p, p)
+        assert draws.dtype == torch.float32
+        assert set(draws.unique().tolist()) == {0.0, 1.0}
+        # 20,000 draws: the standard error of a mean is at most 0.0036
+        torch.testing.assert_close(draws.mean(0), p[0], atol=0.015, rtol=0)
+
+    def test_input_dropout_keeps_three_quarters_scaled_up(self) -> None:
+        torch.manual_seed(0)
+        x = torch.full((400, 784), 0.6)
+        dropped = input_dropout(x, 0.25, training=True)
+        assert dropped.unique().tolist() == pytest.approx([0.0, 0.8])
+        assert (dropped > 0).float().mean().item() == pytest.approx(0.75, abs=0.005)
+        assert input_dropout(x, 0.25, training=False) is x
 
 
 class TestBasicTerms:

@@ -15,7 +15,7 @@ from ssvae import data, runfile
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MLP
 from ssvae.splits import write_split
-from ssvae.train import TrainingDiverged, diverged_path, train
+from ssvae.train import TrainingDiverged, add_l2_term, diverged_path, train
 
 SEED = 3
 # Small batches keep the CPU time down; 20 unlabeled images still give ExactM2 the 200
@@ -214,3 +214,21 @@ def test_non_finite_objective_stops_the_run_and_keeps_the_epochs_before(
     history = runfile.read_history(kept)
     assert history["train"]["epoch"].tolist() == [0]
     assert history["valid"]["epoch"].tolist() == [0]
+
+
+def test_l2_term_adds_what_autograd_gives_for_the_penalty() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    params = list(layer.parameters())
+
+    penalty = sum(p.square().sum() for p in params)
+    (layer(x).square().sum() + 0.1 * penalty).backward()
+    expected = [p.grad.clone() for p in params]
+
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    norm = add_l2_term(params, 0.1)
+    for param, grad in zip(params, expected, strict=True):
+        torch.testing.assert_close(param.grad, grad)
+    torch.testing.assert_close(norm.square(), penalty.detach())

@@ -49,18 +49,36 @@ class SubgraphBatchNorm(nn.Module):
         self.register_buffer("updated", torch.zeros(n_subgraphs, 1, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
-        if self.training:
-            mean = x.mean(0)
-            var = x.var(0, unbiased=False)
-            self._update_running(subgraph, mean.detach(), var.detach(), x.shape[0])
-        else:
-            mean = self.running_mean[subgraph]
-            var = self.running_var[subgraph]
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.gamma + self.beta
+        if not self.training:
+            return F.batch_norm(
+                x,
+                self.running_mean[subgraph],
+                self.running_var[subgraph],
+                self.gamma,
+                self.beta,
+                training=False,
+                eps=self.eps,
+            )
+        # torch's fused kernel, told momentum 1, writes the batch mean and unbiased variance into
+        # these; the original's update rule then applies them (several times faster than
+        # normalising by hand, forward and backward).
+        batch_mean = x.new_zeros(x.shape[-1])
+        batch_var = x.new_zeros(x.shape[-1])
+        out = F.batch_norm(
+            x,
+            batch_mean,
+            batch_var,
+            self.gamma,
+            self.beta,
+            training=True,
+            momentum=1.0,
+            eps=self.eps,
+        )
+        self._update_running(subgraph, batch_mean, batch_var)
+        return out
 
     @torch.no_grad()
-    def _update_running(self, subgraph: Subgraph, mean, var, n: int) -> None:
-        unbiased_var = var * (n / (n - 1))
+    def _update_running(self, subgraph: Subgraph, mean, unbiased_var) -> None:
         first = self.updated[subgraph]  # torch.where keeps the update free of host syncs
         self.running_mean[subgraph] = torch.where(
             first, torch.lerp(self.running_mean[subgraph], mean, self.momentum), mean
@@ -71,8 +89,34 @@ class SubgraphBatchNorm(nn.Module):
         self.updated[subgraph] = True
 
 
+class Maxout(torch.autograd.Function):
+    """The max over the pieces (axis 1 of (batch, pieces, width)), whose gradient goes to every
+    piece equal to the max, as Theano's does, through a mask kept from the forward pass; torch's
+    max/amax backward costs 5-10x more on CPU."""
+
+    @staticmethod
+    def forward(ctx, pieces: torch.Tensor) -> torch.Tensor:
+        out = pieces.amax(1)
+        if ctx.needs_input_grad[0]:
+            # Written into a float tensor: several times faster on CPU than a bool result.
+            winners = torch.eq(pieces, out.unsqueeze(1), out=torch.empty_like(pieces))
+            ctx.save_for_backward(winners)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (winners,) = ctx.saved_tensors
+        return winners * grad.unsqueeze(1)
+
+
 class MaxoutStack(nn.Module):
-    """`n_layers` of Linear(in -> 4H) [-> BatchNorm] -> maxout of 4 adjacent units (spec 2.2)."""
+    """`n_layers` of Linear(in -> 4H) [-> BatchNorm] -> maxout of 4 units (spec 2.2).
+
+    Unit j takes the max of pre-activations j, H+j, 2H+j and 3H+j, where the original takes
+    4j..4j+3: a fixed relabelling of the 4H linear units, under which the model, its i.i.d.
+    initialisation and BatchNorm (per unit) are unchanged. It puts the pieces on a middle axis,
+    which torch reduces 5-20x faster than a last axis of 4.
+    """
 
     def __init__(self, in_dim: int, width: int, n_layers: int, batchnorm: bool):
         super().__init__()
@@ -88,7 +132,7 @@ class MaxoutStack(nn.Module):
             h = linear(h)
             if self.norms:
                 h = self.norms[i](h, subgraph)
-            h = h.unflatten(-1, (self.width, MAXOUT_PIECES)).amax(-1)
+            h = Maxout.apply(h.unflatten(-1, (MAXOUT_PIECES, self.width)))
         return h
 
 
@@ -109,7 +153,7 @@ class ClassifierNet(nn.Module):
 
     def hidden(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
         # A fresh dropout mask per call: the three sub-graphs see independent masks (spec 2.4).
-        return self.trunk(F.dropout(x, self.dropout, self.training), subgraph)
+        return self.trunk(input_dropout(x, self.dropout, self.training), subgraph)
 
     def heads(self, hx: torch.Tensor, subgraph: Subgraph) -> list[torch.Tensor]:
         h = self.head(hx, subgraph)
@@ -142,6 +186,19 @@ class Decoder(nn.Module):
 
     def forward(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.stack(torch.cat([a, z], dim=-1)))
+
+
+def bernoulli_draw(p: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """1.0 with probability p, else 0.0, shaped like `like`: u < p with u ~ U[0, 1), compared
+    straight into a float tensor, 2-3x faster on CPU than torch.bernoulli or a bool compare."""
+    return torch.lt(torch.rand_like(like), p, out=torch.empty_like(like))
+
+
+def input_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Keep each input with probability 1 - p and scale the kept ones by 1/(1 - p) (spec 2.4)."""
+    if not training or p == 0:
+        return x
+    return x * bernoulli_draw(1 - p, x) / (1 - p)
 
 
 def init_uniform_(module: nn.Module) -> None:

@@ -7,12 +7,13 @@ samples are drawn, and after the last epoch the test split is evaluated once.
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ssvae import checkpoint, data, runfile
 from ssvae.checkpoint import CheckpointMismatch
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import SemiSupervisedVAE, build_model
-from ssvae.nn import N_CLASSES, Z_DIM
+from ssvae.nn import N_CLASSES, Z_DIM, bernoulli_draw
 from ssvae.schedules import Annealing, annealing, learning_rate
 from ssvae.splits import read_split
 
@@ -47,9 +48,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_compile(choice: str, device: torch.device) -> bool:
+    """Whether to compile the step: "on", "off", or "auto", which compiles on CUDA only (where CUDA
+    graphs remove the per-kernel launch cost; on CPU inductor's kernels were slower here)."""
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
+
+def set_tf32(allowed: bool) -> None:
+    """TF32 (10-bit mantissa) float32 matmuls on CUDA: faster on tensor cores, less exact."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
+def use_threads(requested: int) -> int:
+    """Set torch's CPU threads to those requested (0: all), never more than the CPUs this process
+    may run on: oversubscribed cores slow every step."""
+    available = len(os.sched_getaffinity(0))
+    torch.set_num_threads(min(requested, available) if requested > 0 else available)
+    return torch.get_num_threads()
+
+
 def binarize(x: torch.Tensor) -> torch.Tensor:
     """A fresh Bernoulli draw of every pixel, each time a batch is used (spec 1.3)."""
-    return torch.bernoulli(x)
+    return bernoulli_draw(x, x)
 
 
 def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -134,8 +155,8 @@ class EpochProgress:
     epoch: int
     order: torch.Tensor  # this epoch's permutation of the unlabeled images
     steps_done: int = 0
-    sums: dict = field(default_factory=dict)
-    schedule_sums: dict = field(default_factory=dict)
+    sums: torch.Tensor | None = None  # the step metrics, summed, in `metric_names` order
+    metric_names: list[str] = field(default_factory=list)
     first_bad_step: torch.Tensor | None = None
     seconds: float = 0.0  # training time spent in this epoch so far
 
@@ -149,29 +170,97 @@ class EpochProgress:
         )
 
 
-def train_steps(model, optimizer, images: Images, cfg: TrainConfig, progress: EpochProgress,
-                max_grad_norm: float, stop) -> bool:  # fmt: skip
+def step_objective(model, images: Images, unlabeled_index: torch.Tensor,
+                   coefficients: torch.Tensor):  # fmt: skip
+    """One step's batch, drawn and binarised on the device, and the model's objective and metrics
+    on it: everything of a step before the backward pass, which a compiled step captures."""
+    x_unlabeled = None
+    if model.uses_unlabeled:  # a fresh permutation of the unlabeled set every epoch
+        x_unlabeled = binarize(images.train_x[unlabeled_index])
+    labeled_x, labeled_y = images.labeled_x, images.labeled_y
+    pick = torch.randint(len(labeled_x), unlabeled_index.shape, device=labeled_x.device)
+    coefs = Annealing(*coefficients.unbind())
+    result = model(x_unlabeled, binarize(labeled_x[pick]), labeled_y[pick], coefs)
+    return result.objective, result.metrics
+
+
+@torch.no_grad()
+def add_l2_term(params: list, l2: float) -> torch.Tensor:
+    """Add the gradient of l2 * (sum of squared parameters), 2 * l2 * p, to every gradient and
+    return the parameters' norm. The L2 term belongs to the summed loss, so clipping sees it
+    (spec 4.3, 4.4); added here rather than through autograd, it costs 2 passes over the
+    parameters instead of 6."""
+    torch._foreach_add_([p.grad for p in params], params, alpha=2 * l2)
+    return torch.nn.utils.get_total_norm(params)
+
+
+def build_training(cfg: TrainConfig, device: torch.device):
+    """The run's model, initialised from the seed's torch RNG state, and its optimizer."""
+    model = build_model(
+        cfg.model, cfg.params, cfg.input_dropout, cfg.classifier_weight, cfg.z_noise_std
+    ).to(device)
+    # One fused kernel for all parameters instead of a dozen tensor ops per parameter.
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True
+    )
+    return model, optimizer
+
+
+def objective_function(model, images: Images, compiled: bool):
+    """`step_objective` bound to the model: eager, or through torch.compile, which on CUDA also
+    captures it (forward and backward) as CUDA graphs and replays them."""
+
+    def objective_fn(unlabeled_index: torch.Tensor, coefficients: torch.Tensor):
+        return step_objective(model, images, unlabeled_index, coefficients)
+
+    if not compiled:
+        return objective_fn
+    on_cuda = images.train_x.device.type == "cuda"
+    compiled_fn = torch.compile(objective_fn, mode="reduce-overhead" if on_cuda else "default")
+
+    def step_of_compiled_fn(unlabeled_index, coefficients):
+        # A new training step: the graphs' outputs of the last step are no longer read.
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled_fn(unlabeled_index, coefficients)
+
+    return step_of_compiled_fn
+
+
+def annealing_coefficients(epoch: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The coefficients of every step of an epoch, one row per step in `Annealing` field order,
+    sent to the device once per epoch."""
+    first = epoch * cfg.steps_per_epoch + 1
+    rows = [
+        astuple(annealing(step, cfg.anneal_classifier_steps))
+        for step in range(first, first + cfg.steps_per_epoch)
+    ]
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+def train_steps(model, optimizer, objective_fn, images: Images, cfg: TrainConfig,
+                progress: EpochProgress, stop) -> bool:  # fmt: skip
     """Run the rest of an epoch's steps, or until `stop()` says to halt at a step boundary;
-    True when the epoch is complete. No host sync per step: `stop` reads a Python flag."""
+    True when the epoch is complete. No host sync per step: `stop` reads a Python flag.
+
+    `objective_fn(unlabeled_index, coefficients)` is `step_objective` bound to the model, eager
+    or compiled."""
     model.train()
     params = list(model.parameters())
+    max_grad_norm = cfg.grad_norm_per_1000 * sum(p.numel() for p in params) / 1000
     batch = cfg.batch_size
+    device = images.train_x.device
+    coefficients = annealing_coefficients(progress.epoch, cfg, device)
     started = time.perf_counter()
     while progress.steps_done < cfg.steps_per_epoch and not stop():
         i = progress.steps_done
         step = progress.epoch * cfg.steps_per_epoch + i + 1
-        coefs = annealing(step, cfg.anneal_classifier_steps)
-        x_unlabeled = None
-        if model.uses_unlabeled:  # a fresh permutation of the unlabeled set every epoch
-            x_unlabeled = binarize(images.train_x[progress.order[i * batch : (i + 1) * batch]])
-        pick = torch.randint(len(images.labeled_x), (batch,), device=images.labeled_x.device)
-        result = model(x_unlabeled, binarize(images.labeled_x[pick]), images.labeled_y[pick], coefs)
-        # L2 on every parameter inside the summed loss, so clipping sees it (spec 4.3, 4.4).
-        squared_norm = torch.stack([p.square().sum() for p in params]).sum()
-        objective = result.objective + cfg.l2 * squared_norm
+        unlabeled_index = progress.order[i * batch : (i + 1) * batch]
+        model_objective, metrics = objective_fn(unlabeled_index, coefficients[i])
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        model_objective.backward()
+        param_norm = add_l2_term(params, cfg.l2)
+        objective = model_objective.detach() + cfg.l2 * param_norm.square()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
         optimizer.step()
 
         progress.first_bad_step = torch.where(
@@ -179,31 +268,35 @@ def train_steps(model, optimizer, images: Images, cfg: TrainConfig, progress: Ep
             step,
             progress.first_bad_step,
         )
-        step_metrics = result.metrics | {
+        metrics |= {
             "objective": objective,
-            "pnorm": squared_norm.sqrt(),
+            "pnorm": param_norm,
             "gnorm": grad_norm.clamp(max=max_grad_norm),  # the norm after clipping
         }
-        for name, value in step_metrics.items():
-            progress.sums[name] = progress.sums.get(name, 0.0) + value.detach()
-        if model.uses_unlabeled:  # the original's MLP has no annealing variables to log
-            for name, value in vars(coefs).items():
-                key = f"hyperparameters/annealing/{name}"
-                progress.schedule_sums[key] = progress.schedule_sums.get(key, 0.0) + value
+        values = torch.stack([value.detach() for value in metrics.values()])
+        if progress.sums is None:
+            progress.metric_names, progress.sums = list(metrics), torch.zeros_like(values)
+        progress.sums += values
         progress.steps_done += 1
     progress.seconds += time.perf_counter() - started
     return progress.steps_done == cfg.steps_per_epoch
 
 
-def epoch_means(progress: EpochProgress, cfg: TrainConfig) -> dict[str, float]:
+def epoch_means(progress: EpochProgress, cfg: TrainConfig, uses_annealing: bool):
     """The epoch's metric means, read from the device once."""
     if progress.first_bad_step.item() >= 0:
         raise TrainingDiverged(
             f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {progress.epoch}, "
             f"step {progress.first_bad_step.item()}"
         )
-    metrics = _means(progress.sums, cfg.steps_per_epoch)
-    return metrics | {k: v / cfg.steps_per_epoch for k, v in progress.schedule_sums.items()}
+    means = (progress.sums.double() / cfg.steps_per_epoch).tolist()  # the one host sync
+    metrics = dict(zip(progress.metric_names, means, strict=True))
+    if uses_annealing:  # the original's MLP has no annealing variables to log
+        coefficients = annealing_coefficients(progress.epoch, cfg, torch.device("cpu"))
+        names = [coefficient.name for coefficient in fields(Annealing)]
+        for name, mean in zip(names, coefficients.double().mean(0).tolist(), strict=True):
+            metrics[f"hyperparameters/annealing/{name}"] = mean
+    return metrics
 
 
 class Preempted(RuntimeError):
@@ -212,10 +305,12 @@ class Preempted(RuntimeError):
 
 def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
           device: torch.device, log=print, checkpoint_path: Path | None = None,
-          checkpoint_every: int = 0, stop=lambda: False) -> None:  # fmt: skip
+          checkpoint_every: int = 0, stop=lambda: False,
+          compiled: bool = False) -> None:  # fmt: skip
     """Train and write the run file. With `checkpoint_path`, the full training state goes there
     every `checkpoint_every` epochs and when `stop()` turns true (then Preempted is raised), and
-    a run that finds a checkpoint from the same settings and code resumes from it."""
+    a run that finds a checkpoint from the same settings and code resumes from it. `compiled`
+    runs the step through torch.compile (CUDA graphs on CUDA)."""
     run_started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     split = read_split(split_path)
@@ -227,15 +322,13 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             f"steps_per_epoch: {cfg.steps_per_epoch} batches of {cfg.batch_size} exceed the "
             f"{len(images.train_x)} training images"
         )
-    model = build_model(
-        cfg.model, cfg.params, cfg.input_dropout, cfg.classifier_weight, cfg.z_noise_std
-    ).to(device)
+    model, optimizer = build_training(cfg, device)
     n_params = sum(p.numel() for p in model.parameters())
-    max_grad_norm = cfg.grad_norm_per_1000 * n_params / 1000
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    objective_fn = objective_function(model, images, compiled)
     log(
         f"{cfg.run} seed {cfg.seed}: {cfg.model}, {n_params:,} parameters, device {device}, "
-        f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps"
+        f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step "
+        f"{'compiled' if compiled else 'eager'}, {torch.get_num_threads()} CPU threads"
     )
     history = {split_name: defaultdict(list) for split_name in runfile.SPLITS}
     extras = {"z_stats": defaultdict(list), "samples": defaultdict(list)}
@@ -270,6 +363,9 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "ssvae_version": ssvae.__version__,
             "torch_version": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+            "compiled_step": compiled,
+            "tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cpu_threads": torch.get_num_threads(),
             "status": status,
             "wall_seconds": wall_seconds(),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -296,7 +392,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             progress = EpochProgress.start(epoch, images)
-        if not train_steps(model, optimizer, images, cfg, progress, max_grad_norm, stop):
+        if not train_steps(model, optimizer, objective_fn, images, cfg, progress, stop):
             if checkpoint_path is None:
                 raise Preempted(f"stopped at epoch {epoch}, step {progress.steps_done}")
             save_checkpoint(epoch)
@@ -305,7 +401,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
                 f"{checkpoint_path}, rerun to resume"
             )
         try:
-            metrics = epoch_means(progress, cfg)
+            metrics = epoch_means(progress, cfg, model.uses_unlabeled)
         except TrainingDiverged as err:
             # Snakemake deletes a failed job's output, so what was computed goes beside it.
             kept = diverged_path(out_path)
@@ -373,7 +469,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]"
     )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads, at most those available (0: all)"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run the step through torch.compile, with CUDA graphs on CUDA (auto: on CUDA only)",
+    )
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -395,8 +500,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"ssvae-train: error: --run-config is not valid JSON ({err})")
     except ConfigError as err:
         sys.exit(f"ssvae-train: error: {err}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
+    set_tf32(args.tf32)
+    device = pick_device(args.device)
     # SLURM sends SIGTERM before it kills a job (time limit, preemption): finish the step,
     # write a checkpoint and exit.
     terminate = threading.Event()
@@ -407,10 +513,11 @@ def main(argv: list[str] | None = None) -> None:
             args.data,
             args.split,
             args.out,
-            pick_device(args.device),
+            device,
             checkpoint_path=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
             stop=terminate.is_set,
+            compiled=resolve_compile(args.compile, device),
         )
     except (ConfigError, TrainingDiverged, Preempted, CheckpointMismatch, data.DataError) as err:
         sys.exit(f"ssvae-train: error: {err}")

@@ -1,0 +1,409 @@
+"""How fast training runs, against what the machine can do: `python -m ssvae.bench`.
+
+For each run of the comparison: steps per second over a measured window after warm-up, the
+training step's matmul FLOPs (counted from the shapes by torch's FLOP counter, forward and
+backward), the FLOP rate that makes, and the machine's sustained dense matmul rate at the same
+precision, measured in the same process. With --jobs, N processes train at once (on one GPU, to
+see how they share it). It also times snakemake's dry run and no-op rebuild of the full comparison.
+Writes the table to stdout and everything to results/bench/bench.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from ssvae import train
+from ssvae.config import ConfigError, TrainConfig
+from ssvae.splits import labeled_indices
+
+REPO_ROOT = Path.cwd()
+EVALUATIONS_PER_RUN = 32  # validation after epochs 0, 10, ..., 300, and the test split once
+MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
+COMPARISON_TARGET = "results/plots/multi_seed_accuracy.png"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
+    """Sustained float32 rate of a large square matmul (TF32 when it is allowed)."""
+    n = MATMUL_SIZE[device.type]
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    synchronize(device)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(5):
+            torch.mm(a, b, out=out)
+        synchronize(device)
+        count += 5
+    return 2 * n**3 * count / (time.perf_counter() - started)
+
+
+def run_config(config: dict, run: str) -> TrainConfig:
+    """The run's training settings as the workflow resolves them (seed 1)."""
+    if run not in config["runs"]:
+        defined = ", ".join(config["runs"])
+        raise ConfigError(f"run: {run!r} is not defined under runs (defined: {defined})")
+    definition = config["runs"][run]
+    return TrainConfig.from_dict(
+        {
+            "run": run,
+            "model": definition["model"],
+            "params": definition.get("params", {}),
+            "seed": 1,
+            "epochs": config["epochs"],
+            "steps_per_epoch": config["steps_per_epoch"],
+            "eval_every": config["eval_every"],
+            **config.get("training", {}),
+        }
+    )
+
+
+def load_images(data_path: Path, cfg: TrainConfig, device: torch.device) -> train.Images:
+    arrays = np.load(data_path)
+    split = {"indices": labeled_indices(arrays["train_y"], cfg.seed).tolist()}
+    arrays.close()
+    return train.load_images(data_path, split, device)
+
+
+def step_flops(model, optimizer, objective_fn, images, cfg: TrainConfig) -> int:
+    """Matmul FLOPs of one training step: the forward pass and its backward pass."""
+    index = torch.arange(cfg.batch_size, device=images.train_x.device)
+    coefficients = train.annealing_coefficients(0, cfg, images.train_x.device)[-1]
+    with FlopCounterMode(display=False) as counter:
+        objective, _ = objective_fn(index, coefficients)
+        objective.backward()
+    optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def time_steps(model, optimizer, objective_fn, images, cfg: TrainConfig, n_steps: int) -> float:
+    """Seconds for n_steps training steps, across epoch boundaries as training crosses them."""
+    device = images.train_x.device
+    done, epoch = 0, 0
+    synchronize(device)
+    started = time.perf_counter()
+    while done < n_steps:
+        progress = train.EpochProgress.start(epoch, images)
+        target = min(cfg.steps_per_epoch, n_steps - done)
+        train.train_steps(
+            model,
+            optimizer,
+            objective_fn,
+            images,
+            cfg,
+            progress,
+            stop=lambda progress=progress, target=target: progress.steps_done >= target,
+        )
+        done += progress.steps_done
+        epoch += 1
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def time_evaluation(model, images, cfg: TrainConfig) -> float:
+    device = images.train_x.device
+    synchronize(device)
+    started = time.perf_counter()
+    train.evaluate(model, *images.valid, cfg.batch_size)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def bench_run(
+    cfg: TrainConfig,
+    data_path: Path,
+    device: torch.device,
+    compiled: bool,
+    warmup_steps: int,
+    steps: int,
+) -> dict:
+    torch.manual_seed(cfg.seed)
+    images = load_images(data_path, cfg, device)
+    model, optimizer = train.build_training(cfg, device)
+    flops = step_flops(
+        model, optimizer, train.objective_function(model, images, False), images, cfg
+    )
+    objective_fn = train.objective_function(model, images, compiled)
+    warmup_seconds = time_steps(model, optimizer, objective_fn, images, cfg, warmup_steps)
+    seconds = time_steps(model, optimizer, objective_fn, images, cfg, steps)
+    eval_seconds = time_evaluation(model, images, cfg)
+    steps_per_s = steps / seconds
+    steps_per_run = (cfg.epochs + 1) * cfg.steps_per_epoch
+    return {
+        "model": cfg.model,
+        "steps_measured": steps,
+        "warmup_steps": warmup_steps,
+        "warmup_s": warmup_seconds,
+        "steps_per_s": steps_per_s,
+        "ms_per_step": 1000 / steps_per_s,
+        "s_per_epoch": cfg.steps_per_epoch / steps_per_s,
+        "eval_s": eval_seconds,
+        "s_per_run": steps_per_run / steps_per_s + EVALUATIONS_PER_RUN * eval_seconds,
+        "flops_per_step": flops,
+        "achieved_flops_per_s": flops * steps_per_s,
+    }
+
+
+def bench_parallel_jobs(args, run: str, n_jobs: int) -> dict:
+    """n_jobs processes training the same run at once; their summed throughput."""
+    command = [
+        sys.executable,
+        "-m",
+        "ssvae.bench",
+        "--worker",
+        "--runs",
+        run,
+        "--config",
+        str(args.config),
+        "--data",
+        str(args.data),
+        "--device",
+        args.device,
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--steps",
+        str(args.steps),
+        "--compile",
+        args.compile,
+        "--threads",
+        str(args.threads),
+    ] + (["--tf32"] if args.tf32 else [])
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(n_jobs)]
+    results = []
+    for worker in workers:
+        out, _ = worker.communicate()
+        if worker.returncode != 0:
+            sys.exit(f"ssvae.bench: error: a job of {n_jobs} parallel jobs failed")
+        results.append(json.loads(out.splitlines()[-1]))
+    total = sum(result["steps_per_s"] for result in results)
+    return {
+        "run": run,
+        "jobs": n_jobs,
+        "steps_per_s_per_job": [result["steps_per_s"] for result in results],
+        "steps_per_s_total": total,
+        "achieved_flops_per_s_total": total * results[0]["flops_per_step"],
+    }
+
+
+def time_command(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+        sys.exit(f"ssvae.bench: error: {' '.join(command)} failed in {cwd}: {' '.join(tail)}")
+    return seconds
+
+
+def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
+    """Dry run and no-op rebuild of the full comparison (9 runs x 10 seeds), timed.
+
+    The no-op rebuild needs every output built once: in `scratch`, a copy of the workflow builds
+    the comparison with one training step per run (the DAG, 90 training jobs and every other file
+    as in the full comparison; only the runs are short). Kept there for the next bench."""
+    snakemake = shutil.which("snakemake")
+    if snakemake is None:
+        sys.exit("ssvae.bench: error: snakemake is not on PATH (pip install -e .)")
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "envs", "src"):
+        source, dest = REPO_ROOT / name, scratch / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        if source.is_dir():
+            shutil.copytree(
+                source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            shutil.copy2(source, dest)
+    config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    short = config | {
+        "mnist_sources": mnist_sources,
+        "epochs": 0,
+        "steps_per_epoch": 1,
+        "train_resources": config["train_resources"] | {"threads": 1, "device": "cpu"},
+    }
+    short_config = scratch / "config.yaml"
+    if not short_config.exists() or yaml.safe_load(short_config.read_text()) != short:
+        short_config.write_text(yaml.safe_dump(short, sort_keys=False))
+    n_jobs = len(config["compare"]) * len(config["seeds"])
+    base = [snakemake, "--cores", str(cores), "--resources", f"gpu={cores}", COMPARISON_TARGET]
+    dry_run_from_scratch = None
+    if not (scratch / COMPARISON_TARGET).exists():
+        dry_run_from_scratch = time_command([*base, "--dry-run"], scratch)
+        print(f"building the short comparison ({n_jobs} training jobs) in {scratch}", flush=True)
+        build_seconds = time_command(base, scratch)
+        print(f"  built in {build_seconds:.0f} s", flush=True)
+    noop_seconds = time_command(base, scratch)
+    dry_run_built = time_command([*base, "--dry-run"], scratch)
+    return {
+        "training_jobs": n_jobs,
+        "dry_run_s": dry_run_from_scratch,
+        "dry_run_built_s": dry_run_built,
+        "noop_rebuild_s": noop_seconds,
+        "scratch": str(scratch),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def print_table(report: dict) -> None:
+    print(f"\ndevice: {report['device']}; step {report['step']}; tf32 {report['tf32']}")
+    matmul = report["matmul_flops_per_s"]
+    print(f"sustained float32 matmul: {matmul / 1e9:,.1f} GFLOP/s")
+    header = (
+        f"{'run':<24} {'ms/step':>8} {'steps/s':>8} {'s/epoch':>8} {'s/run':>8} "
+        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for run, row in report["models"].items():
+        print(
+            f"{run:<24} {row['ms_per_step']:>8.2f} {row['steps_per_s']:>8.1f} "
+            f"{row['s_per_epoch']:>8.2f} {row['s_per_run']:>8.0f} "
+            f"{row['flops_per_step'] / 1e9:>10.2f} {row['achieved_flops_per_s'] / 1e9:>8.1f} "
+            f"{row['ratio']:>6.2f}"
+        )
+    for row in report.get("parallel_jobs", []):
+        per_job = ", ".join(f"{rate:.1f}" for rate in row["steps_per_s_per_job"])
+        print(
+            f"{row['run']}: {row['jobs']} jobs at once: {row['steps_per_s_total']:.1f} steps/s "
+            f"in total ({per_job} per job)"
+        )
+    workflow = report.get("workflow")
+    if workflow:
+        if workflow["dry_run_s"] is not None:
+            print(
+                f"snakemake dry run, nothing built ({workflow['training_jobs']} training jobs): "
+                f"{workflow['dry_run_s']:.2f} s"
+            )
+        print(f"snakemake dry run, all built: {workflow['dry_run_built_s']:.2f} s")
+        print(f"snakemake no-op rebuild: {workflow['noop_rebuild_s']:.2f} s")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m ssvae.bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"))
+    parser.add_argument("--runs", nargs="+", help="run ids (default: the config's compare list)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("results/data/mnist.npz"),
+        help="prepared MNIST arrays, as the workflow writes them",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=100, help="steps in the measured window")
+    parser.add_argument("--matmul-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compile the step (auto: on CUDA only)",
+    )
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        nargs="*",
+        default=None,
+        help="also time N jobs training at once (default on CUDA: 1 2 4)",
+    )
+    parser.add_argument(
+        "--skip-workflow",
+        action="store_true",
+        help="do not time snakemake's dry run and no-op rebuild",
+    )
+    parser.add_argument("--scratch", type=Path, default=Path("results/bench/workflow"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench/bench.json"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("warmup_steps", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = train.pick_device(args.device)
+    train.use_threads(args.threads)
+    train.set_tf32(args.tf32)
+    compiled = train.resolve_compile(args.compile, device)
+    if not args.data.is_file():
+        sys.exit(
+            f"ssvae.bench: error: {args.data} not found; build it first with "
+            f"snakemake --cores 1 {args.data}"
+        )
+    try:
+        config = yaml.safe_load(args.config.read_text())
+        runs = args.runs or config["compare"]
+        configs = {run: run_config(config, run) for run in runs}
+    except ConfigError as err:
+        sys.exit(f"ssvae.bench: error: {err}")
+    if args.worker:
+        (cfg,) = configs.values()
+        result = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps)
+        print(json.dumps(result))
+        return
+
+    matmul_before = matmul_flops_per_s(device, args.matmul_seconds)
+    models = {}
+    for run, cfg in configs.items():
+        models[run] = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps)
+        print(f"{run}: {models[run]['ms_per_step']:.2f} ms/step", flush=True)
+    # The rate before and after the models, the higher taken: a conservative ratio.
+    matmul = max(matmul_before, matmul_flops_per_s(device, args.matmul_seconds))
+    for row in models.values():
+        row["matmul_flops_per_s"] = matmul
+        row["ratio"] = row["achieved_flops_per_s"] / matmul
+    report = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "step": "compiled" if compiled else "eager",
+        "tf32": args.tf32,
+        "matmul_flops_per_s": matmul,
+        "matmul_size": MATMUL_SIZE[device.type],
+        "models": models,
+    }
+    jobs = args.jobs if args.jobs is not None else ([1, 2, 4] if device.type == "cuda" else [])
+    report["parallel_jobs"] = [bench_parallel_jobs(args, runs[0], n) for n in jobs]
+    if not args.skip_workflow:
+        # The files the workflow fetched for --data: a local directory source, as offline.
+        raw_dir = (args.data.parent / "mnist" / "raw").resolve()
+        report["workflow"] = bench_workflow(args.scratch, [str(raw_dir)], os.cpu_count())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(args.out)
+    print_table(report)
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
