@@ -264,7 +264,14 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    name = models[0] if models else platform.processor() or platform.machine()
+    return f"{name} ({len(os.sched_getaffinity(0))} CPUs), {torch.get_num_threads()} threads"
 
 
 def print_table(report: dict) -> None:

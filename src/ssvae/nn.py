@@ -249,6 +249,7 @@ def sample_log_gamma(concentration: torch.Tensor) -> torch.Tensor:
     rather than the log(0) = -inf a direct Gamma(b) draw underflows to (spec 7.16).
     """
     with torch.no_grad():
-        boosted = torch.distributions.Gamma(concentration + 1, 1.0).sample()
+        # Unvalidated: checking the concentration would read it back to the host every step.
+        boosted = torch.distributions.Gamma(concentration + 1, 1.0, validate_args=False).sample()
         log_uniform = -torch.empty_like(concentration).exponential_()
         return boosted.log() + log_uniform / concentration

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor.config
 
 import ssvae
 from ssvae import checkpoint, data, runfile
@@ -215,6 +216,9 @@ def objective_function(model, images: Images, compiled: bool):
 
     if not compiled:
         return objective_fn
+    # Random numbers from torch's own generator, as in eager mode, rather than inductor's: the
+    # compiled step then gives the eager step's numbers up to float rounding.
+    torch._inductor.config.fallback_random = True
     on_cuda = images.train_x.device.type == "cuda"
     compiled_fn = torch.compile(objective_fn, mode="reduce-overhead" if on_cuda else "default")
 

@@ -79,6 +79,12 @@ def train_config(wildcards):
     return json.dumps(settings, sort_keys=True)
 
 
+def compile_choice():
+    """ssvae-train's --compile value for the config's train_resources.compile."""
+    choice = config["train_resources"]["compile"]
+    return {True: "on", False: "off"}.get(choice, choice)
+
+
 def runs_json():
     """Run ids with their labels, models, colour (by place among the defined runs, so that it
     does not change with the comparison) and seeds, in comparison order."""

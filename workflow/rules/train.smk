@@ -20,10 +20,13 @@ rule train:
     params:
         run_config=train_config,
         device=config["train_resources"]["device"],
+        compile=compile_choice(),
+        tf32="--tf32" if config["train_resources"]["tf32"] else "",
         # Not an output: snakemake leaves it when the job fails, so a rerun resumes from it.
         checkpoint=CHECKPOINT_FILE,
     shell:
         "ssvae-train --data {input.arrays:q} --split {input.split:q} "
         "--run-config {params.run_config:q} --device {params.device} --threads {threads} "
+        "--compile {params.compile} {params.tf32} "
         "--checkpoint {params.checkpoint:q} --checkpoint-every {resources.checkpoint_every} "
         "--out {output.metrics:q} > {log} 2>&1"
