@@ -92,7 +92,7 @@ def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:
         [
             sys.executable, "-m", "ssvae.bench", "--runs", "MLP", "LogGamma",
             "--data", str(prepared_mnist), "--device", "cpu", "--warmup-steps", "1",
-            "--steps", "3", "--matmul-seconds", "0.2", "--jobs", "1", "2",
+            "--steps", "5", "--matmul-seconds", "0.2", "--jobs", "1", "2",
             "--skip-workflow", "--out", str(out),
         ],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -103,7 +103,9 @@ def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:
     assert report["step"] == "eager"
     assert set(report["models"]) == {"MLP", "LogGamma"}
     for row in report["models"].values():
-        assert row["steps_measured"] == 3
+        assert row["steps_measured"] == 5
+        assert len(row["window_ms_per_step"]) == 5
+        assert row["ms_per_step"] == pytest.approx(sorted(row["window_ms_per_step"])[2])
         assert row["steps_per_s"] > 0
         assert row["s_per_epoch"] == pytest.approx(500 / row["steps_per_s"])
         steps_per_run = 301 * 500
