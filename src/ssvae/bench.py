@@ -325,7 +325,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m ssvae.bench", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"))
+    parser.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="the workflow's config"
+    )
     parser.add_argument("--runs", nargs="+", help="run ids (default: the config's compare list)")
     parser.add_argument(
         "--data",
@@ -333,18 +335,14 @@ def parse_args(argv):
         default=Path("results/data/mnist.npz"),
         help="prepared MNIST arrays, as the workflow writes them",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all available)")
-    parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=100, help="steps in the measured window")
-    parser.add_argument("--matmul-seconds", type=float, default=3.0)
+    train.add_compute_options(parser)
     parser.add_argument(
-        "--compile",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="compile the step (auto: on CUDA only)",
+        "--warmup-steps", type=int, default=20, help="untimed steps first (compiling included)"
     )
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
+    parser.add_argument("--steps", type=int, default=100, help="steps in the measured window")
+    parser.add_argument(
+        "--matmul-seconds", type=float, default=3.0, help="time the matmul reference this long"
+    )
     parser.add_argument(
         "--jobs",
         type=int,
@@ -357,7 +355,12 @@ def parse_args(argv):
         action="store_true",
         help="do not time snakemake's dry run and no-op rebuild",
     )
-    parser.add_argument("--scratch", type=Path, default=Path("results/bench/workflow"))
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path("results/bench/workflow"),
+        help="where the workflow copy for the snakemake timings is built and kept",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench/bench.json"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -369,10 +372,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = train.pick_device(args.device)
-    train.use_threads(args.threads)
-    train.set_tf32(args.tf32)
-    compiled = train.resolve_compile(args.compile, device)
+    device, compiled = train.apply_compute_options(args)
     if not args.data.is_file():
         sys.exit(
             f"ssvae.bench: error: {args.data} not found; build it first with "

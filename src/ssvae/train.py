@@ -458,18 +458,8 @@ def _append(store: dict, epoch: int, values: dict) -> None:
         store[name].append(value)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-train", description="Train one (run, seed) and write its metrics HDF5 file."
-    )
-    parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
-    parser.add_argument("--split", type=Path, required=True, help="labeled split JSON of the seed")
-    parser.add_argument(
-        "--run-config",
-        required=True,
-        help="JSON object of TrainConfig settings (run, model, seed, ...)",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="metrics .h5 to write")
+def add_compute_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the step runs: the options ssvae-train and ssvae.bench share."""
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]"
     )
@@ -483,6 +473,29 @@ def main(argv: list[str] | None = None) -> None:
         help="run the step through torch.compile, with CUDA graphs on CUDA (auto: on CUDA only)",
     )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+
+
+def apply_compute_options(args: argparse.Namespace) -> tuple[torch.device, bool]:
+    """Set the threads and TF32 as asked; the device, and whether to compile the step."""
+    use_threads(args.threads)
+    set_tf32(args.tf32)
+    device = pick_device(args.device)
+    return device, resolve_compile(args.compile, device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ssvae-train", description="Train one (run, seed) and write its metrics HDF5 file."
+    )
+    parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
+    parser.add_argument("--split", type=Path, required=True, help="labeled split JSON of the seed")
+    parser.add_argument(
+        "--run-config",
+        required=True,
+        help="JSON object of TrainConfig settings (run, model, seed, ...)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="metrics .h5 to write")
+    add_compute_options(parser)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -504,9 +517,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"ssvae-train: error: --run-config is not valid JSON ({err})")
     except ConfigError as err:
         sys.exit(f"ssvae-train: error: {err}")
-    use_threads(args.threads)
-    set_tf32(args.tf32)
-    device = pick_device(args.device)
+    device, compiled = apply_compute_options(args)
     # SLURM sends SIGTERM before it kills a job (time limit, preemption): finish the step,
     # write a checkpoint and exit.
     terminate = threading.Event()
@@ -521,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_path=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
             stop=terminate.is_set,
-            compiled=resolve_compile(args.compile, device),
+            compiled=compiled,
         )
     except (ConfigError, TrainingDiverged, Preempted, CheckpointMismatch, data.DataError) as err:
         sys.exit(f"ssvae-train: error: {err}")
