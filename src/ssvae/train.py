@@ -75,8 +75,9 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    # The original's pickle stores k/256 (spec 1.1).
-    return torch.from_numpy(images).to(device=device, dtype=torch.float32) / 256.0
+    # The original's pickle stores k/256 (spec 1.1). Torch's default float type: float32, unless a
+    # test asks for float64.
+    return torch.from_numpy(images).to(device=device, dtype=torch.get_default_dtype()) / 256.0
 
 
 def _means(sums: dict, count: int) -> dict[str, float]:
@@ -238,7 +239,7 @@ def annealing_coefficients(epoch: int, cfg: TrainConfig, device: torch.device) -
         astuple(annealing(step, cfg.anneal_classifier_steps))
         for step in range(first, first + cfg.steps_per_epoch)
     ]
-    return torch.tensor(rows, dtype=torch.float32, device=device)
+    return torch.tensor(rows, dtype=torch.get_default_dtype(), device=device)
 
 
 def train_steps(model, optimizer, objective_fn, images: Images, cfg: TrainConfig,
