@@ -20,6 +20,10 @@ include: "workflow/rules/plots.smk"
 include: "workflow/rules/report.smk"
 
 
+onsuccess:
+    forget_finished_copies()
+
+
 rule all:
     input:
         "results/report.md",

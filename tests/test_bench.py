@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from ssvae import bench, train
+from ssvae.config import run_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BATCH = 100
@@ -67,7 +68,7 @@ def config() -> dict:
 
 @pytest.mark.parametrize("run", sorted(HAND_COUNTS))
 def test_flops_per_step_match_a_count_by_hand(run: str, config: dict, prepared_mnist) -> None:
-    cfg = bench.run_config(config, run)
+    cfg = run_settings(config, run, seed=1)
     device = torch.device("cpu")
     images = bench.load_images(prepared_mnist, cfg, device)
     model, optimizer = train.build_training(cfg, device)
@@ -83,7 +84,7 @@ def test_exact_m2_costs_about_16_gflop_a_step() -> None:
 
 def test_unknown_run_is_one_line(config: dict) -> None:
     with pytest.raises(ValueError, match="run: 'M3' is not defined under runs"):
-        bench.run_config(config, "M3")
+        run_settings(config, "M3", seed=1)
 
 
 def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssvae import train
-from ssvae.config import ConfigError, TrainConfig
+from ssvae.config import ConfigError, TrainConfig, run_settings
 from ssvae.splits import labeled_indices
 
 REPO_ROOT = Path.cwd()
@@ -59,26 +59,6 @@ def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
             count += 5
         rates.append(2 * n**3 * count / (time.perf_counter() - started))
     return statistics.median(rates)
-
-
-def run_config(config: dict, run: str) -> TrainConfig:
-    """The run's training settings as the workflow resolves them (seed 1)."""
-    if run not in config["runs"]:
-        defined = ", ".join(config["runs"])
-        raise ConfigError(f"run: {run!r} is not defined under runs (defined: {defined})")
-    definition = config["runs"][run]
-    return TrainConfig.from_dict(
-        {
-            "run": run,
-            "model": definition["model"],
-            "params": definition.get("params", {}),
-            "seed": 1,
-            "epochs": config["epochs"],
-            "steps_per_epoch": config["steps_per_epoch"],
-            "eval_every": config["eval_every"],
-            **config.get("training", {}),
-        }
-    )
 
 
 def load_images(data_path: Path, cfg: TrainConfig, device: torch.device) -> train.Images:
@@ -195,7 +175,9 @@ def bench_parallel_jobs(args, run: str, n_jobs: int) -> dict:
         args.compile,
         "--threads",
         str(args.threads),
-    ] + (["--tf32"] if args.tf32 else [])
+        "--tf32",
+        args.tf32,
+    ]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(n_jobs)]
     results = []
     for worker in workers:
@@ -381,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = yaml.safe_load(args.config.read_text())
         runs = args.runs or config["compare"]
-        configs = {run: run_config(config, run) for run in runs}
+        configs = {run: run_settings(config, run, seed=1) for run in runs}
     except ConfigError as err:
         sys.exit(f"ssvae.bench: error: {err}")
     if args.worker:
@@ -412,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "step": "compiled" if compiled else "eager",
-        "tf32": args.tf32,
+        "tf32": args.tf32 == "on",
         "matmul_flops_per_s": matmul,
         "matmul_size": MATMUL_SIZE[device.type],
         "models": models,

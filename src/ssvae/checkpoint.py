@@ -8,15 +8,17 @@ never resumed silently.
 """
 
 import hashlib
+import io
 import sys
 from pathlib import Path
 
 import torch
 
-from ssvae.io import atomic_output
+from ssvae.errors import UserError
+from ssvae.io import write_atomic
 
 
-class CheckpointMismatch(RuntimeError):
+class CheckpointMismatch(UserError):
     """A checkpoint written by other settings or other code than the run that found it."""
 
 
@@ -39,6 +41,13 @@ def fingerprint(config_json: str) -> dict:
     return {"config": config_json, "code": code_digest(), "torch": str(torch.__version__)}
 
 
+def finished_copy_path(checkpoint_path: Path) -> Path:
+    """Where a completed run keeps a second name of its run file (checkpoint.pt ->
+    checkpoint.finished.h5), so that a rerun after the run file was thrown away (snakemake
+    interrupted as the job finished marks it incomplete) recovers it instead of training again."""
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}.finished.h5")
+
+
 def rng_states() -> dict:
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -53,9 +62,12 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save(path: Path, state: dict) -> None:
-    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    """Write atomically: a kill or a full disk during the write leaves the previous checkpoint
+    intact. Serialised in memory first, so that a failed write is a plain OSError (torch's
+    own zip writer reports a full disk as an internal error)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load(path: Path, expected: dict, device: torch.device) -> dict:

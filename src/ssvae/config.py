@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
+from ssvae.errors import UserError
 from ssvae.models import MODELS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid setting; the message names the key and the value."""
 
 
@@ -39,28 +41,33 @@ class TrainConfig:
                 raise ConfigError(
                     f"{setting.name}: expected {setting.type.__name__}, got {value!r}"
                 )
+            if setting.type is float:
+                if not math.isfinite(value):
+                    raise ConfigError(f"{setting.name}: must be a finite number, got {value!r}")
+                # 2 and 2.0 are one setting: the JSON that decides a rerun must not differ.
+                object.__setattr__(self, setting.name, float(value))
         if self.model not in MODELS:
             known = ", ".join(sorted(MODELS))
             raise ConfigError(f"model: unknown model name {self.model!r} (known: {known})")
         checks = {
-            "seed": self.seed >= 0,
-            "epochs": self.epochs >= 0,
-            "steps_per_epoch": self.steps_per_epoch >= 1,
-            "eval_every": self.eval_every >= 1,
-            "batch_size": self.batch_size >= 2,
-            "lr": self.lr > 0,
-            "lr_decay": self.lr_decay >= 1,
-            "lr_floor": 0 < self.lr_floor <= self.lr,
-            "l2": self.l2 >= 0,
-            "grad_norm_per_1000": self.grad_norm_per_1000 > 0,
-            "classifier_weight": self.classifier_weight >= 0,
-            "anneal_classifier_steps": self.anneal_classifier_steps >= 1,
-            "input_dropout": 0 <= self.input_dropout < 1,
-            "z_noise_std": self.z_noise_std >= 0,
+            "seed": (self.seed >= 0, "at least 0"),
+            "epochs": (self.epochs >= 0, "at least 0"),
+            "steps_per_epoch": (self.steps_per_epoch >= 1, "at least 1"),
+            "eval_every": (self.eval_every >= 1, "at least 1"),
+            "batch_size": (self.batch_size >= 2, "at least 2"),
+            "lr": (self.lr > 0, "above 0"),
+            "lr_decay": (self.lr_decay >= 1, "at least 1"),
+            "lr_floor": (0 < self.lr_floor <= self.lr, f"above 0 and at most lr ({self.lr!r})"),
+            "l2": (self.l2 >= 0, "at least 0"),
+            "grad_norm_per_1000": (self.grad_norm_per_1000 > 0, "above 0"),
+            "classifier_weight": (self.classifier_weight >= 0, "at least 0"),
+            "anneal_classifier_steps": (self.anneal_classifier_steps >= 1, "at least 1"),
+            "input_dropout": (0 <= self.input_dropout < 1, "at least 0 and below 1"),
+            "z_noise_std": (self.z_noise_std >= 0, "at least 0"),
         }
-        for key, ok in checks.items():
+        for key, (ok, requirement) in checks.items():
             if not ok:
-                raise ConfigError(f"{key}: value out of range: {getattr(self, key)!r}")
+                raise ConfigError(f"{key}: must be {requirement}, got {getattr(self, key)!r}")
         try:
             # Frozen, so set through object: record every setting the model will use.
             object.__setattr__(self, "params", MODELS[self.model].resolve_params(self.params))
@@ -73,10 +80,36 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown setting (value {values[unknown[0]]!r})")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise ConfigError(str(err)) from err
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        missing = [name for name in required if name not in values]
+        if missing:
+            raise ConfigError(
+                f"{missing[0]}: required setting missing (required: {', '.join(required)})"
+            )
+        return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def run_settings(config: dict, run: str, seed: int) -> TrainConfig:
+    """What one (run, seed) of the workflow config computes: the run's model and params, the
+    seed, the schedule and the training overrides, defaults filled in. How it is computed
+    (device, threads, compile, TF32, checkpoints) is not part of it."""
+    if run not in config["runs"]:
+        defined = ", ".join(config["runs"])
+        raise ConfigError(f"run: {run!r} is not defined under runs (defined: {defined})")
+    definition = config["runs"][run]
+    return TrainConfig.from_dict(
+        {
+            "run": run,
+            "model": definition["model"],
+            "params": definition.get("params", {}),
+            "seed": seed,
+            "epochs": config["epochs"],
+            "steps_per_epoch": config["steps_per_epoch"],
+            "eval_every": config["eval_every"],
+            **config.get("training", {}),
+        }
+    )

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssvae.io import atomic_output
+from ssvae.errors import UserError
+from ssvae.io import OutputError, atomic_output
 
 # Decompressed size and sha256 of each file (../shared/data/mnist/README.md).
 MNIST_FILES = {
@@ -45,7 +46,7 @@ N_TRAIN = 50_000  # the first 50,000 training images; the last 10,000 are the va
 IDX_DTYPE_UBYTE = 0x08
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad or unobtainable input data; the message is one line naming the file and the cause."""
 
 
@@ -100,12 +101,18 @@ def fetch_file(
     timeout: float = 30.0,
     backoff: float = 1.0,
 ) -> Path:
-    """Fetch `<name>.gz` from the first source that gives a verified copy; return its path."""
+    """`<name>.gz` in `dest_dir`: kept if it is already a verified copy, otherwise fetched from
+    the first source that gives one (a truncated or corrupt file there is replaced)."""
     if retries < 1:
         raise ValueError(f"retries must be at least 1, got {retries}")
     filename = name + ".gz"
-    dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / filename
+    if final.is_file():
+        try:
+            _check_decompressed(final, name)
+            return final
+        except DataError:
+            pass  # fetched again below; the bad copy is replaced only by a verified one
     failures = []
     for source in sources:
         for attempt in range(1, retries + 1):
@@ -115,6 +122,8 @@ def fetch_file(
                         _copy_from_source(source, filename, dest, timeout)
                     _check_decompressed(tmp, name)
                 return final
+            except OutputError:
+                raise  # not the source's fault: no other source can help
             except DataError as err:
                 failures.append(f"{source}: {err}")
                 break
@@ -128,7 +137,11 @@ def fetch_file(
                 break
     if not failures:
         raise DataError(f"could not obtain {filename}: no sources given")
-    raise DataError(f"could not obtain a valid {filename} (tried {'; '.join(failures)})")
+    raise DataError(
+        f"could not obtain a valid {filename} (tried {'; '.join(failures)}); without internet, "
+        "point mnist_sources at a directory holding the four MNIST .gz files, e.g. "
+        "--config mnist_sources='[/path/to/mnist]'"
+    )
 
 
 def _describe(err: Exception) -> str:

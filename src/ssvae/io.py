@@ -1,4 +1,4 @@
-"""Atomic file output: a file appears under its final name complete, or not at all."""
+"""Output files: written whole or not at all, and a write that cannot succeed said in one line."""
 
 import os
 import uuid
@@ -6,17 +6,70 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ssvae.errors import UserError
+
+
+class OutputError(UserError):
+    """An output that cannot be written (permissions, a directory in its place, a full disk)."""
+
+
+def _cannot_write(path: Path, err: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {err.strerror or err}")
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output that could not be written at the end: a directory
+    in its place, or a directory that cannot be created or written to."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: a directory is in its place")
+    with atomic_output(path, publish=False):
+        pass  # a file can be created beside it, and so renamed onto it
+
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
+def atomic_output(path: Path, publish: bool = True) -> Iterator[Path]:
     """Yield a new empty temporary file beside `path`; rename it to `path` if the block succeeds
-    and delete it otherwise, so a failed or interrupted write never leaves a plausible file."""
+    (and `publish`) and delete it otherwise, so a failed or interrupted write never leaves a
+    plausible file. Failing to create or rename it is an OutputError naming `path`; the block's
+    own errors pass through (it may read as well as write: see `write_atomic`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.open("xb").close()  # created with the usual umask-derived permissions
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.open("xb").close()  # created with the usual umask-derived permissions
+    except OSError as err:
+        raise _cannot_write(path, err) from None
     try:
         yield tmp
-        os.replace(tmp, path)
+        if publish:
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _cannot_write(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write `content` as `path`, whole or not at all; a failed write (a full disk) is an
+    OutputError naming `path` and leaves any previous file there untouched."""
+    with atomic_output(path) as tmp:
+        try:
+            tmp.write_bytes(content)
+        except OSError as err:
+            raise _cannot_write(path, err) from None
+
+
+def link_atomic(source: Path, path: Path) -> None:
+    """Give the file `source` the second name `path` (a hard link: no copy on disk; a copy where
+    the filesystem has no hard links), atomically."""
+    with atomic_output(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            try:
+                tmp.write_bytes(Path(source).read_bytes())
+            except OSError as err:
+                raise _cannot_write(path, err) from None

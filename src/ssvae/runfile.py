@@ -2,9 +2,11 @@
 
 Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested group):
 
-    /                  attrs: run, model, seed, config (resolved settings as JSON), n_params,
-                       ssvae_version, torch_version, device, status (complete or diverged),
-                       wall_seconds (from start to this write), finished_at
+    /                  attrs: run, model, seed, config (resolved settings as JSON),
+                       code_digest (sha256 of the training code), torch_version, device,
+                       compiled_step, tf32, n_params, ssvae_version, cpu_threads,
+                       status (complete or diverged), wall_seconds (from start to this
+                       write), finished_at
     /train/epoch       (n_epochs,)  one entry per training epoch, metrics are epoch means
     /train/<metric>    (n_epochs,)  loss, bound, boundU, boundL, classifier, accuracy, objective,
                                     pnorm, gnorm, p(x)/KL_Z, ..., hyperparameters/lr, duration
@@ -19,20 +21,23 @@ Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested gro
     /samples/p(x)      (n_evals, 1000, 784) uint8: decoder means x 255, classes 0..9 by 100s
 """
 
+import io
 import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ssvae.io import atomic_output
+from ssvae.io import write_atomic
 
 SPLITS = ("train", "valid", "test")
 
 
 def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:
-    """Write atomically: `history[split][metric]` lists and `arrays[group][name]` arrays."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    """Write atomically: `history[split][metric]` lists and `arrays[group][name]` arrays. Built
+    in memory, so that a write that fails (a full disk) is one OutputError naming `path`."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         for key, value in attrs.items():
             # str() too: torch.__version__ is a str subclass that h5py cannot store.
             f.attrs[key] = (
@@ -53,6 +58,7 @@ def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:
                     compression="gzip" if big else None,
                     chunks=(1, *values.shape[1:]) if big and len(values) else None,
                 )
+    write_atomic(path, buffer.getvalue())
 
 
 def read_history(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -88,3 +94,14 @@ def read_arrays(path: Path, group: str) -> dict[str, np.ndarray]:
     """Every dataset of one group (`z_stats`, `samples`) as arrays."""
     with h5py.File(path, "r") as f:
         return {name: dataset[()] for name, dataset in f[group].items()}
+
+
+def records(path: Path, attrs: dict) -> bool:
+    """Whether `path` is a readable, complete run file whose attributes include `attrs`."""
+    try:
+        found = read_attrs(path)
+    except (OSError, KeyError, ValueError):
+        return False
+    return found.get("status") == "complete" and all(
+        key in found and found[key] == value for key, value in attrs.items()
+    )

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -23,8 +22,9 @@ import torch._inductor.config
 
 import ssvae
 from ssvae import checkpoint, data, runfile
-from ssvae.checkpoint import CheckpointMismatch
 from ssvae.config import ConfigError, TrainConfig
+from ssvae.errors import UserError, exit_on_user_error
+from ssvae.io import check_writable, link_atomic
 from ssvae.models import SemiSupervisedVAE, build_model
 from ssvae.nn import N_CLASSES, Z_DIM, bernoulli_draw
 from ssvae.schedules import Annealing, annealing, learning_rate
@@ -34,7 +34,7 @@ SAMPLES_PER_CLASS = 100
 Z_ROWS_KEPT = 100  # the original's output_verbose keeps the last 100 rows of each key
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError):
     """The training objective became non-finite."""
 
 
@@ -46,7 +46,20 @@ def diverged_path(out_path: Path) -> Path:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device: {name!r} is not a torch device (auto, cpu or cuda[:N])"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r}, but this machine has no usable CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    return device
 
 
 def resolve_compile(choice: str, device: torch.device) -> bool:
@@ -304,7 +317,7 @@ def epoch_means(progress: EpochProgress, cfg: TrainConfig, uses_annealing: bool)
     return metrics
 
 
-class Preempted(RuntimeError):
+class Preempted(UserError):
     """Training stopped on request (SIGTERM) after writing a checkpoint."""
 
 
@@ -317,6 +330,30 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
     a run that finds a checkpoint from the same settings and code resumes from it. `compiled`
     runs the step through torch.compile (CUDA graphs on CUDA)."""
     run_started = time.perf_counter()
+    # Outputs that could not be written at the end are refused before any training.
+    for path in (out_path, diverged_path(out_path), checkpoint_path):
+        if path is not None:
+            check_writable(path)
+    expected = checkpoint.fingerprint(cfg.to_json())
+    # What the run computes and how: recorded in the run file; a finished copy of a run file
+    # stands in for training only where all of it is the same.
+    computation = {
+        "config": json.loads(cfg.to_json()),
+        "code_digest": expected["code"],
+        "torch_version": str(torch.__version__),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "compiled_step": compiled,
+        "tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    finished_copy = (
+        None if checkpoint_path is None else checkpoint.finished_copy_path(checkpoint_path)
+    )
+    if finished_copy is not None and finished_copy.exists():
+        if runfile.records(finished_copy, computation):
+            link_atomic(finished_copy, out_path)
+            log(f"this run had already completed: {out_path} recovered from {finished_copy}")
+            return
+        finished_copy.unlink()  # another computation's result, superseded by this run
     torch.manual_seed(cfg.seed)
     split = read_split(split_path)
     if split["seed"] != cfg.seed:
@@ -338,7 +375,6 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
     history = {split_name: defaultdict(list) for split_name in runfile.SPLITS}
     extras = {"z_stats": defaultdict(list), "samples": defaultdict(list)}
     first_epoch, progress, wall_before = 0, None, 0.0
-    expected = checkpoint.fingerprint(cfg.to_json())
     if checkpoint_path is not None and checkpoint_path.exists():
         state = checkpoint.load(checkpoint_path, expected, device)
         model.load_state_dict(state["model"])
@@ -363,13 +399,9 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "run": cfg.run,
             "model": cfg.model,
             "seed": cfg.seed,
-            "config": json.loads(cfg.to_json()),
+            **computation,
             "n_params": n_params,
             "ssvae_version": ssvae.__version__,
-            "torch_version": torch.__version__,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-            "compiled_step": compiled,
-            "tf32": torch.backends.cuda.matmul.allow_tf32,
             "cpu_threads": torch.get_num_threads(),
             "status": status,
             "wall_seconds": wall_seconds(),
@@ -442,6 +474,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             save_checkpoint(epoch + 1)
     save(out_path, "complete")
     if checkpoint_path is not None:
+        link_atomic(out_path, finished_copy)
         checkpoint_path.unlink(missing_ok=True)  # the run file now holds everything
 
 
@@ -459,13 +492,23 @@ def _append(store: dict, epoch: int, values: dict) -> None:
         store[name].append(value)
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def add_compute_options(parser: argparse.ArgumentParser) -> None:
     """Where and how the step runs: the options ssvae-train and ssvae.bench share."""
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]"
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads, at most those available (0: all)"
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="CPU threads, at most those available (0: all)",
     )
     parser.add_argument(
         "--compile",
@@ -473,13 +516,15 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="run the step through torch.compile, with CUDA graphs on CUDA (auto: on CUDA only)",
     )
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument(
+        "--tf32", choices=("on", "off"), default="off", help="allow TF32 matmuls on CUDA"
+    )
 
 
 def apply_compute_options(args: argparse.Namespace) -> tuple[torch.device, bool]:
     """Set the threads and TF32 as asked; the device, and whether to compile the step."""
     use_threads(args.threads)
-    set_tf32(args.tf32)
+    set_tf32(args.tf32 == "on")
     device = pick_device(args.device)
     return device, resolve_compile(args.compile, device)
 
@@ -512,18 +557,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be at least 0, not {args.checkpoint_every}")
-    try:
-        cfg = TrainConfig.from_dict(json.loads(args.run_config))
-    except json.JSONDecodeError as err:
-        sys.exit(f"ssvae-train: error: --run-config is not valid JSON ({err})")
-    except ConfigError as err:
-        sys.exit(f"ssvae-train: error: {err}")
-    device, compiled = apply_compute_options(args)
-    # SLURM sends SIGTERM before it kills a job (time limit, preemption): finish the step,
-    # write a checkpoint and exit.
-    terminate = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: terminate.set())
-    try:
+    with exit_on_user_error("ssvae-train"):
+        try:
+            cfg = TrainConfig.from_dict(json.loads(args.run_config))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--run-config is not valid JSON ({err})") from None
+        device, compiled = apply_compute_options(args)
+        stop = stop_on_signals()
         train(
             cfg,
             args.data,
@@ -532,8 +572,22 @@ def main(argv: list[str] | None = None) -> None:
             device,
             checkpoint_path=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
-            stop=terminate.is_set,
+            stop=stop,
             compiled=compiled,
         )
-    except (ConfigError, TrainingDiverged, Preempted, CheckpointMismatch, data.DataError) as err:
-        sys.exit(f"ssvae-train: error: {err}")
+
+
+def stop_on_signals():
+    """A `stop()` for `train` that turns true on SIGTERM (what SLURM sends before it kills a job
+    at its time limit or on preemption) or SIGINT (Ctrl-C): training finishes its step, writes
+    a checkpoint and exits. A second Ctrl-C interrupts at once."""
+    requested = threading.Event()
+
+    def on_sigint(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+    signal.signal(signal.SIGINT, on_sigint)
+    return requested.is_set

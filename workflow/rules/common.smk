@@ -1,19 +1,18 @@
 import json
+import math
 import re
+import shlex
 from pathlib import Path
 
 import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
-# The four MNIST IDX files, as ssvae.data fetches them.
-MNIST_FILES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-]
-MNIST_RAW = "results/data/mnist/raw/{name}.gz"
+from ssvae.checkpoint import finished_copy_path
+from ssvae.config import ConfigError, run_settings
+from ssvae.data import N_TRAIN
+
+MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
 RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
 CHECKPOINT_FILE = "results/runs/{run}/seed{seed}/checkpoint.pt"
@@ -32,20 +31,114 @@ PACKAGE_DIR = Path(workflow.basedir) / "src" / "ssvae"
 
 
 def validate_config(config, schema_path):
-    """Stop before any job with one line naming the first invalid key and its value."""
+    """Stop before any job with one line naming the first invalid key and its value: the
+    schema, then what each compared run's settings would refuse at train time."""
     schema = yaml.safe_load(Path(workflow.basedir, schema_path).read_text())
+    typed_from_command_line(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise WorkflowError(
-            f"invalid config: {key} = {error.instance!r}: {error.message}"
-        )
+        key = ".".join(str(part) for part in error.absolute_path)
+        if error.validator == "additionalProperties":
+            known = error.schema.get("properties", {})
+            extra = next(name for name in error.instance if name not in known)
+            raise WorkflowError(
+                f"invalid config: {'.'.join(filter(None, [key, extra]))}: not a known key"
+                f" (known: {', '.join(known)})"
+            )
+        value = repr(error.instance) if len(repr(error.instance)) <= 200 else "..."
+        # A pattern is explained by its schema's description rather than shown as a regex.
+        if error.validator == "pattern" and "description" in error.schema:
+            message = f"must be {error.schema['description']}"
+        else:
+            message = error.message[:200]
+        raise WorkflowError(f"invalid config: {key or '(top level)'} = {value}: {message}")
+    for key, value in leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WorkflowError(
+                f"invalid config: {key} = {value!r}: must be a finite number"
+            )
     undefined = [run for run in config["compare"] if run not in config["runs"]]
     if undefined:
         raise WorkflowError(
             f"invalid config: compare names {undefined[0]!r}, not defined in runs"
         )
+    for run in config["compare"]:
+        try:
+            settings = run_settings(config, run, config["seeds"][0])
+        except ConfigError as err:
+            key = str(err).split(":")[0]
+            where = f"runs.{run}." if key.startswith("params.") else "training."
+            raise WorkflowError(f"invalid config: {where}{err}") from None
+    images = config["steps_per_epoch"] * settings.batch_size
+    if images > N_TRAIN:
+        raise WorkflowError(
+            f"invalid config: training.batch_size = {settings.batch_size}: "
+            f"{config['steps_per_epoch']} steps of it take {images:,} images an epoch, more "
+            f"than the {N_TRAIN:,} training images"
+        )
+
+
+def leaves(value, key=""):
+    """(dotted key, value) of every scalar in a nested config."""
+    if isinstance(value, dict):
+        for name, child in value.items():
+            yield from leaves(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from leaves(child, f"{key}.{index}")
+    else:
+        yield key, value
+
+
+def typed_from_command_line(value, schema, root=None):
+    """snakemake --config reads a list or a mapping with YAML's base loader, so every scalar in
+    it is a string ("seeds=[1,2]" gives ['1', '2']): give back the numbers and booleans the
+    schema asks for there, in place."""
+    root = root or schema
+    schema = resolve_ref(schema, root)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        children = [
+            (name, properties.get(name, schema.get("additionalProperties")))
+            for name in value
+        ]
+    elif isinstance(value, list):
+        children = [(index, schema.get("items")) for index in range(len(value))]
+    else:
+        return
+    for place, child_schema in children:
+        child_schema = resolve_ref(child_schema, root)
+        if isinstance(value[place], str):
+            value[place] = typed(value[place], child_schema)
+        else:
+            typed_from_command_line(value[place], child_schema, root)
+
+
+def resolve_ref(schema, root):
+    """A schema with a local $ref ("#/$defs/name") followed; {} where there is none."""
+    if not isinstance(schema, dict):
+        return {}
+    if "$ref" in schema:
+        return resolve_ref(root["$defs"][schema["$ref"].removeprefix("#/$defs/")], root)
+    return schema
+
+
+def typed(text, schema):
+    """`text` as the number or boolean `schema` expects, or unchanged."""
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    kind = schema.get("type")
+    if kind == "boolean" and isinstance(parsed, bool):
+        return parsed
+    if kind in ("integer", "number") and not isinstance(parsed, bool):
+        if isinstance(parsed, int) or (kind == "number" and isinstance(parsed, float)):
+            return parsed
+    if isinstance(parsed, bool) and parsed in schema.get("enum", []):
+        return parsed
+    return text
 
 
 def run_ids():
@@ -64,24 +157,13 @@ def run_files():
 
 
 def train_config(wildcards):
-    """The resolved settings of one (run, seed) as JSON; a change to them retrains that run."""
-    run = config["runs"][wildcards.run]
-    settings = {
-        "run": wildcards.run,
-        "model": run["model"],
-        "params": run.get("params", {}),
-        "seed": int(wildcards.seed),
-        "epochs": config["epochs"],
-        "steps_per_epoch": config["steps_per_epoch"],
-        "eval_every": config["eval_every"],
-        **config.get("training", {}),
-    }
-    return json.dumps(settings, sort_keys=True)
+    """What one (run, seed) computes, defaults filled in, as JSON: a change to it, compared by
+    value, retrains that run."""
+    return run_settings(config, wildcards.run, int(wildcards.seed)).to_json()
 
 
-def compile_choice():
-    """ssvae-train's --compile value for the config's train_resources.compile."""
-    choice = config["train_resources"]["compile"]
+def on_off(choice):
+    """ssvae-train's on/off/auto value for a true/false/auto config setting."""
     return {True: "on", False: "off"}.get(choice, choice)
 
 
@@ -136,3 +218,13 @@ def all_figures():
 
 def run_label(wildcards):
     return config["runs"][wildcards.run]["label"]
+
+
+def forget_finished_copies():
+    """After a successful call snakemake has recorded every run file it built, so the finished
+    copies that let a rerun after an interruption recover them are no longer needed; kept, they
+    would make `--forcerun train` recover a run instead of retraining it."""
+    for run_file in map(Path, run_files()):
+        if run_file.exists():
+            checkpoint_file = run_file.with_name(Path(CHECKPOINT_FILE).name)
+            finished_copy_path(checkpoint_file).unlink(missing_ok=True)

@@ -1,22 +1,4 @@
-rule download_mnist:
-    output:
-        raw=expand(MNIST_RAW, name=MNIST_FILES),
-    log:
-        "results/logs/download_mnist.log",
-    localrule: True
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    params:
-        sources=config["mnist_sources"],
-        dest=lambda wildcards, output: Path(output.raw[0]).parent,
-    shell:
-        "ssvae-fetch-mnist --dest {params.dest:q} {params.sources:q} > {log} 2>&1"
-
-
 rule prepare_mnist:
-    input:
-        raw=expand(MNIST_RAW, name=MNIST_FILES),
     output:
         arrays=MNIST_ARRAYS,
     log:
@@ -25,7 +7,14 @@ rule prepare_mnist:
     conda:
         "../../envs/analysis.yaml"
     threads: 1
+    resources:
+        # Where to look, not what is fetched (the files are identified by their checksums): as
+        # a resource, a changed source list reruns nothing (params would).
+        sources=" ".join(shlex.quote(source) for source in config["mnist_sources"]),
     params:
-        raw_dir=lambda wildcards, input: Path(input.raw[0]).parent,
+        # A cache of verified files, not an output, so never deleted by a rerun; a file missing,
+        # truncated or corrupt there is fetched again.
+        raw_dir=MNIST_RAW_DIR,
     shell:
-        "ssvae-prepare-mnist --raw-dir {params.raw_dir:q} --out {output.arrays:q} > {log} 2>&1"
+        "(ssvae-fetch-mnist --dest {params.raw_dir:q} {resources.sources} && "
+        "ssvae-prepare-mnist --raw-dir {params.raw_dir:q} --out {output.arrays:q}) > {log} 2>&1"

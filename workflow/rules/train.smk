@@ -14,19 +14,19 @@ rule train:
     threads: config["train_resources"]["threads"]
     resources:
         gpu=config["train_resources"]["gpus"],
-        # How often to checkpoint is how the job runs, not what it computes: as a resource,
-        # changing it retrains nothing (params would).
+        # How a run is computed, not what it computes: as resources, changing them retrains
+        # nothing (params would). The run file records them.
+        device=config["train_resources"]["device"],
+        compile=on_off(config["train_resources"]["compile"]),
+        tf32=on_off(config["train_resources"]["tf32"]),
         checkpoint_every=config["train_resources"]["checkpoint_every"],
     params:
         run_config=train_config,
-        device=config["train_resources"]["device"],
-        compile=compile_choice(),
-        tf32="--tf32" if config["train_resources"]["tf32"] else "",
         # Not an output: snakemake leaves it when the job fails, so a rerun resumes from it.
         checkpoint=CHECKPOINT_FILE,
     shell:
         "ssvae-train --data {input.arrays:q} --split {input.split:q} "
-        "--run-config {params.run_config:q} --device {params.device} --threads {threads} "
-        "--compile {params.compile} {params.tf32} "
+        "--run-config {params.run_config:q} --device {resources.device} --threads {threads} "
+        "--compile {resources.compile} --tf32 {resources.tf32} "
         "--checkpoint {params.checkpoint:q} --checkpoint-every {resources.checkpoint_every} "
         "--out {output.metrics:q} > {log} 2>&1"

@@ -71,6 +71,8 @@ class Model(nn.Module):
                 raise ValueError(f"{name}: not a setting of model {cls.__name__}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number, got {value!r}")
             if cls.settings[name].positive and value <= 0:
                 raise ValueError(f"{name}: must be positive, got {value!r}")
         missing = [
