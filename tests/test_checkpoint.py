@@ -99,20 +99,30 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(
     assert not ckpt.exists()  # the run file holds everything now
 
 
-def test_sigterm_checkpoints_at_the_next_step_and_resumes_exactly(
-    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_at_the_next_step_and_resumes_exactly(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path, stop_signal: int
 ) -> None:
+    """SIGTERM is what SLURM sends before a time limit or preemption; SIGINT is Ctrl-C."""
     out, ckpt, log = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "log"
     # No periodic checkpoints: what resumes is the one SIGTERM made.
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "0"
     )
     with log.open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A child started with SIGINT ignored (a background job) would never see Ctrl-C.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         wait_for(lambda: "epoch   1/5" in log.read_text(), process, "epoch 1")
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate()
     assert process.returncode == 1
+    assert stderr.count("\n") == 1, stderr  # one line, no KeyboardInterrupt traceback
     assert "checkpoint written to" in stderr and "rerun to resume" in stderr
     assert not out.exists()
     state = torch.load(ckpt, weights_only=True)
@@ -175,3 +185,37 @@ def test_cli_refusal_is_one_line(small_mnist: Path, split: Path, tmp_path: Path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ssvae-train: error: checkpoint ")
+
+
+def test_a_completed_run_thrown_away_is_recovered_not_retrained(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+) -> None:
+    """Snakemake interrupted as a job finishes marks its run file incomplete and deletes it
+    before the rerun; the finished copy beside the checkpoint gives it back without training."""
+    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
+    command = train_command(small_mnist, split, out, "--checkpoint", str(ckpt))
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    finished_copy = checkpoint.finished_copy_path(ckpt)
+    assert finished_copy.exists() and not ckpt.exists()
+    out.unlink()
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "already completed" in result.stdout
+    assert "epoch" not in result.stdout  # nothing trained
+    assert_same_run(out, reference)
+
+
+def test_a_finished_copy_of_other_settings_is_not_recovered(
+    small_mnist: Path, split: Path, tmp_path: Path
+) -> None:
+    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
+    command = train_command(small_mnist, split, out, "--checkpoint", str(ckpt))
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    out.unlink()
+    command[command.index("--run-config") + 1] = json.dumps(RUN | {"epochs": 1})
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "already completed" not in result.stdout
+    assert h5py.File(out)["train/epoch"][()].tolist() == [0, 1]

@@ -334,3 +334,29 @@ def test_read_idx_reports_a_file_that_is_not_gzip(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match="plain.gz"):
         data.read_idx(path)
+
+
+def test_fetch_keeps_a_verified_file_without_asking_any_source(
+    mnist_dir: Path, tmp_path: Path, dest_dir: Path
+) -> None:
+    data.fetch_file(TEST_LABELS, [str(mnist_dir)], dest_dir)
+    kept = dest_dir / gz_name(TEST_LABELS)
+    before = kept.stat().st_mtime_ns
+    # Offline now, and the source list changed: the verified copy stays as it is.
+    assert data.fetch_file(TEST_LABELS, [str(tmp_path / "no-such-dir")], dest_dir) == kept
+    assert kept.stat().st_mtime_ns == before
+
+
+def test_fetch_replaces_a_truncated_file_left_under_its_final_name(
+    mnist_dir: Path, dest_dir: Path
+) -> None:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    original = (mnist_dir / gz_name(TEST_LABELS)).read_bytes()
+    (dest_dir / gz_name(TEST_LABELS)).write_bytes(first_half(original))
+    path = data.fetch_file(TEST_LABELS, [str(mnist_dir)], dest_dir)
+    assert path.read_bytes() == original
+
+
+def test_fetch_failure_says_mnist_sources_can_name_a_local_copy(dest_dir: Path) -> None:
+    with pytest.raises(DataError, match=r"point mnist_sources at a directory"):
+        data.fetch_file(TEST_LABELS, [closed_port_url()], dest_dir, retries=1)
