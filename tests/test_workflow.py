@@ -1,13 +1,17 @@
 """The real snakemake on the smoke preset, in a scratch copy of the workflow, as a user runs it."""
 
 import re
+import shlex
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from workflow_helpers import (
+    REPO,
     RUNS,
     SEEDS,
     SMOKE,
@@ -149,7 +153,6 @@ def test_one_seed_target_needs_only_its_own_jobs(tmp_path: Path, mnist_dir: Path
     workdir = copy_workflow(tmp_path / "wf")
     target = "results/runs/ExactM2/seed3/metrics.h5"
     assert planned_jobs(workdir, mnist_dir, target) == {
-        "download_mnist": 1,
         "prepare_mnist": 1,
         "labeled_split": 1,
         "train": 1,
@@ -162,7 +165,19 @@ def test_one_seed_target_needs_only_its_own_jobs(tmp_path: Path, mnist_dir: Path
         ("epochs=0", "epochs = 0"),
         ("seeds=[1,-2]", "seeds.1"),
         ("compare=[NoSuchRun]", "NoSuchRun"),
+        ("epoch=5", "epoch: not a known key"),
+        ("seeds=[429496730]", "seeds.0 = 429496730"),
+        ("active_kl_threshold=.nan", "active_kl_threshold = nan: must be a finite number"),
+        ("training={lr: .nan}", "training.lr = nan"),
+        ("training={lr_floor: 0.01}", "training.lr_floor: must be above 0 and at most lr"),
+        ("training={batch_size: 20001}", "training.batch_size = 20001"),
+        ("runs={MLP: {params: {sharpening: 1}}}", "runs.MLP.params"),
+        ("runs={ExactM2: {params: {kl_factor: .inf}}}", "runs.ExactM2.params.kl_factor = inf"),
+        ("runs={ExactM2: {label: 'E{run}'}}", "runs.ExactM2.label = 'E{run}'"),
+        ('runs={ExactM2: {label: "E\\n"}}', "runs.ExactM2.label"),
+        ('runs={"MLP\\n": {label: M, model: MLP}}', "runs = 'MLP\\n'"),
     ],
+    ids=lambda value: value if "=" in value else "",
 )
 def test_invalid_config_stops_before_any_job(
     tmp_path: Path, mnist_dir: Path, override: str, named: str
@@ -194,3 +209,109 @@ def test_smoke_preset_can_name_any_run(tmp_path: Path, mnist_dir: Path) -> None:
     chosen = f"compare=[{','.join(every_run)}]"
     jobs = planned_jobs(workdir, mnist_dir, config=(chosen,))
     assert jobs["train"] == len(every_run) * len(SEEDS)
+
+
+def test_how_a_run_is_computed_retrains_nothing(built: Path, mnist_dir: Path) -> None:
+    """Device, compile, TF32, threads and checkpoints are provenance, and 2 is 2.0; a value that
+    changes what a run computes retrains it."""
+    snakemake(built, mnist_dir)  # up to date after the tests before
+    compute = "train_resources={threads: 2, gpus: 1, device: auto, checkpoint_every: 3, "
+    compute += "compile: auto, tf32: true}"
+    assert planned_jobs(built, mnist_dir, config=(compute,)) == {}
+    as_int = "runs={ExactM2: {params: {kl_factor: 2}}}"
+    assert planned_jobs(built, mnist_dir, config=(as_int,)) == {}
+    other = "runs={ExactM2: {params: {kl_factor: 1}}}"
+    assert planned_jobs(built, mnist_dir, config=(other,))["train"] == len(SEEDS)
+
+
+def test_a_changed_source_list_deletes_nothing_and_builds_what_is_asked(
+    built: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    raw = {p: p.stat().st_mtime_ns for p in (built / "results/data").rglob("*") if p.is_file()}
+    offline = (f"mnist_sources=[{tmp_path / 'unreachable'}]",)
+    assert planned_jobs(built, mnist_dir, config=offline) == {}
+    # A seed the preset does not name: its split and training, nothing upstream.
+    target = "results/runs/MLP/seed7/metrics.h5"
+    assert planned_jobs(built, mnist_dir, target, config=offline) == {
+        "labeled_split": 1,
+        "train": 1,
+    }
+    snakemake(built, mnist_dir, target, config=offline)
+    assert (built / target).exists()
+    assert {p: p.stat().st_mtime_ns for p in raw} == raw
+
+
+def test_prepared_data_rebuilt_neither_retrains_nor_skips_a_requested_target(
+    built: Path, mnist_dir: Path
+) -> None:
+    """The prepared arrays are identified by content: rebuilding them retrains nothing, and a
+    target asked for with them is built (snakemake 9 can skip jobs downstream of ancient())."""
+    (built / "results/data/mnist.npz").unlink()
+    target = "results/runs/MLP/seed8/metrics.h5"
+    snakemake(built, mnist_dir, target)
+    assert (built / target).exists()
+    assert planned_jobs(built, mnist_dir) == {}
+
+
+def test_snakemake_interrupted_as_a_job_finishes_loses_no_training(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """SIGINT to snakemake alone lets the running job finish, then marks its run file incomplete;
+    the rerun gets the finished run back without training it again."""
+    workdir = copy_workflow(tmp_path / "wf")
+    target = "results/runs/MLP/seed1/metrics.h5"
+    longer = ("steps_per_epoch=40",)
+    command = [
+        "snakemake", target, "--cores", "2", "--configfile", SMOKE,
+        "--config", f"mnist_sources=[{mnist_dir}]", *longer,
+    ]  # fmt: skip
+    log = workdir / "results/logs/train/MLP/seed1.log"
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    while not (log.exists() and "epoch   0/2" in log.read_text()):
+        assert process.poll() is None, "snakemake ended before training started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=HANG_GUARD_S) != 0
+    assert "epoch   2/2" in log.read_text()  # the job finished all the same
+    still_incomplete = snakemake(workdir, mnist_dir, target, config=longer, check=False)
+    assert "IncompleteFilesException" in still_incomplete.stderr
+
+    snakemake(workdir, mnist_dir, target, "--rerun-incomplete", config=longer)
+    assert "already completed" in log.read_text()
+    assert "epoch" not in log.read_text()
+    assert (workdir / target).exists()
+    assert planned_jobs(workdir, mnist_dir, target, config=longer) == {}
+    # Recorded by snakemake now: the finished copy is gone, so --forcerun retrains.
+    assert not (workdir / "results/runs/MLP/seed1/checkpoint.finished.h5").exists()
+
+
+def readme_commands() -> list[str]:
+    """Every snakemake command the README shows, in code blocks or inline."""
+    text = (REPO / "README.md").read_text()
+    inline = re.findall(r"`(snakemake [^`]+)`", text)
+    blocks = re.findall(r"^    (snakemake .+?)(?:\s+#.*)?$", text, flags=re.MULTILINE)
+    return sorted(set(inline + blocks))
+
+
+@pytest.fixture(scope="module")
+def readme_workdir(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("readme") / "wf")
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_every_readme_command_works_as_written(command: str, readme_workdir: Path) -> None:
+    program, *args = shlex.split(command)
+    result = subprocess.run(
+        [program, "--dry-run", *args],
+        cwd=readme_workdir,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
