@@ -25,7 +25,8 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssvae import train
-from ssvae.config import ConfigError, TrainConfig, run_settings
+from ssvae.config import TrainConfig, run_settings
+from ssvae.errors import exit_on_user_error
 from ssvae.splits import labeled_indices
 
 REPO_ROOT = Path.cwd()
@@ -354,18 +355,16 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device, compiled = train.apply_compute_options(args)
     if not args.data.is_file():
         sys.exit(
             f"ssvae.bench: error: {args.data} not found; build it first with "
             f"snakemake --cores 1 {args.data}"
         )
-    try:
+    with exit_on_user_error("ssvae.bench"):
+        device, compiled = train.apply_compute_options(args)
         config = yaml.safe_load(args.config.read_text())
         runs = args.runs or config["compare"]
         configs = {run: run_settings(config, run, seed=1) for run in runs}
-    except ConfigError as err:
-        sys.exit(f"ssvae.bench: error: {err}")
     if args.worker:
         (cfg,) = configs.values()
         result = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps)

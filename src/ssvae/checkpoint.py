@@ -75,8 +75,15 @@ def load(path: Path, expected: dict, device: torch.device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises several types for a corrupt or truncated file
-        raise CheckpointMismatch(f"checkpoint {path} cannot be read ({err}); delete it") from None
-    found = state["fingerprint"]
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointMismatch(
+            f"checkpoint {path} cannot be read ({reason}); delete it"
+        ) from None
+    found = state.get("fingerprint") if isinstance(state, dict) else None
+    if not isinstance(found, dict) or set(found) != set(expected):
+        raise CheckpointMismatch(
+            f"checkpoint {path} is not a checkpoint of ssvae-train (no fingerprint); delete it"
+        )
     for key, what in (("config", "settings"), ("code", "training code"), ("torch", "torch")):
         if found[key] != expected[key]:
             raise CheckpointMismatch(

@@ -9,19 +9,20 @@ then rename), so a failed or interrupted fetch never leaves something that looks
 import argparse
 import gzip
 import hashlib
+import io
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ssvae.errors import UserError
-from ssvae.io import OutputError, atomic_output
+from ssvae.errors import UserError, exit_on_user_error
+from ssvae.io import OutputError, atomic_output, write_atomic
 
 # Decompressed size and sha256 of each file (../shared/data/mnist/README.md).
 MNIST_FILES = {
@@ -44,6 +45,7 @@ MNIST_FILES = {
 }
 N_TRAIN = 50_000  # the first 50,000 training images; the last 10,000 are the validation split
 IDX_DTYPE_UBYTE = 0x08
+PREPARED_ARRAYS = ("train_x", "train_y", "valid_x", "valid_y", "test_x", "test_y")
 
 
 class DataError(UserError):
@@ -199,17 +201,28 @@ def prepare(raw_dir: Path, out_path: Path) -> None:
         "test_x": arrays["t10k-images-idx3-ubyte"].reshape(-1, 28 * 28),
         "test_y": arrays["t10k-labels-idx1-ubyte"],
     }
-    with atomic_output(out_path) as tmp, open(tmp, "wb") as stream:
-        np.savez(stream, **split)  # through a stream: savez appends ".npz" to a bare name
+    arrays = io.BytesIO()
+    np.savez(arrays, **split)  # through a stream: savez appends ".npz" to a bare name
+    write_atomic(out_path, arrays.getvalue())
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
-    """The prepared arrays: images as uint8 (N, 784), labels as int64 (N,)."""
-    with np.load(path) as arrays:
-        return {
-            key: arrays[key].astype(np.int64) if key.endswith("_y") else arrays[key]
-            for key in arrays.files
-        }
+    """The prepared arrays: images as uint8 (N, 784), labels as int64 (N,). A file missing,
+    truncated or without one of the arrays is a DataError naming it."""
+    try:
+        with np.load(path) as arrays:
+            loaded = {
+                key: arrays[key].astype(np.int64) if key.endswith("_y") else arrays[key]
+                for key in arrays.files
+            }
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"{path}: not a readable .npz of prepared MNIST ({err})") from None
+    missing = [key for key in PREPARED_ARRAYS if key not in loaded]
+    if missing:
+        raise DataError(f"{path}: no array {missing[0]!r}; not prepared MNIST")
+    return loaded
 
 
 def fetch_main(argv: list[str] | None = None) -> None:
@@ -223,12 +236,10 @@ def fetch_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network request")
     args = parser.parse_args(argv)
     if args.retries < 1:
-        sys.exit(f"ssvae-fetch-mnist: error: --retries must be at least 1, got {args.retries}")
-    try:
+        parser.error(f"--retries must be at least 1, got {args.retries}")
+    with exit_on_user_error("ssvae-fetch-mnist"):
         for path in fetch_all(args.sources, args.dest, retries=args.retries, timeout=args.timeout):
             print(f"verified {path}")
-    except DataError as err:
-        sys.exit(f"ssvae-fetch-mnist: error: {err}")
 
 
 def prepare_main(argv: list[str] | None = None) -> None:
@@ -239,8 +250,6 @@ def prepare_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error("ssvae-prepare-mnist"):
         prepare(args.raw_dir, args.out)
-    except DataError as err:
-        sys.exit(f"ssvae-prepare-mnist: error: {err}")
     print(f"wrote {args.out}")

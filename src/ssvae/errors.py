@@ -15,6 +15,10 @@ class UserError(Exception):
     """An expected failure; the message is one line naming the problem."""
 
 
+class InputError(UserError):
+    """An input file that is missing, unreadable or not what it should be."""
+
+
 @contextmanager
 def exit_on_user_error(prog: str) -> Iterator[None]:
     """Run an entry point's work; a UserError exits with `prog: error: <message>`."""

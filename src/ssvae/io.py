@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ssvae.errors import UserError
+import h5py
+
+from ssvae.errors import InputError, UserError
 
 
 class OutputError(UserError):
@@ -73,3 +75,22 @@ def link_atomic(source: Path, path: Path) -> None:
                 tmp.write_bytes(Path(source).read_bytes())
             except OSError as err:
                 raise _cannot_write(path, err) from None
+
+
+@contextmanager
+def read_hdf5(path: Path) -> Iterator[h5py.File]:
+    """An HDF5 file open for reading. A file missing, empty, truncated or not HDF5, or a group
+    or dataset missing from it, is an InputError naming `path`."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        reason = "no such file" if not Path(path).exists() else str(err).splitlines()[0]
+        raise InputError(f"{path}: cannot be read as HDF5 ({reason})") from None
+    with f:
+        try:
+            yield f
+        except KeyError as err:
+            raise InputError(f"{path}: incomplete ({err.args[0] if err.args else err})") from None
+        except OSError as err:  # truncated past the header: found when a dataset is read
+            reason = str(err).splitlines()[0]
+            raise InputError(f"{path}: cannot be read as HDF5 ({reason})") from None

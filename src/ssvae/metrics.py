@@ -14,8 +14,8 @@ The aggregated HDF5 file holds four tables, each a group with one dataset per co
 """
 
 import argparse
+import io
 import json
-import sys
 from pathlib import Path
 
 import h5py
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ssvae import runfile
-from ssvae.io import atomic_output
+from ssvae.errors import InputError, exit_on_user_error
+from ssvae.io import read_hdf5, write_atomic
 
 TABLE_COLUMNS = ("run", "seed", "split", "epoch", "metric", "value")
 RUN_COLUMNS = ("run", "label", "model", "order", "palette_index", "seeds_configured")
@@ -34,8 +35,13 @@ Z_KL_COLUMNS = ("run", "seed", "epoch")
 def tidy_history(path: Path) -> pd.DataFrame:
     """One run file as rows of (run, seed, split, epoch, metric, value)."""
     attrs = runfile.read_attrs(path)
+    history = runfile.read_history(path)
+    missing = [split for split in runfile.SPLITS if split not in history]
+    if attrs.get("status") != "complete" or missing:
+        what = f"no {missing[0]} group" if missing else f"status {attrs.get('status')!r}"
+        raise InputError(f"{path}: {what}; not a complete run file")
     frames = []
-    for split, metrics in runfile.read_history(path).items():
+    for split, metrics in history.items():
         epochs = metrics.pop("epoch")
         for metric, values in metrics.items():
             frames.append(
@@ -68,23 +74,23 @@ def _read_frame(group: h5py.Group, columns) -> pd.DataFrame:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         return _read_frame(f["table"], TABLE_COLUMNS)
 
 
 def read_runs(path: Path) -> pd.DataFrame:
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         return _read_frame(f["runs"], RUN_COLUMNS)
 
 
 def read_seeds(path: Path) -> pd.DataFrame:
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         return _read_frame(f["seeds"], SEED_COLUMNS)
 
 
 def read_z_kl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """(run, seed, epoch) rows and the matching (rows, z dimensions) validation-mean KL."""
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         return _read_frame(f["z_kl"], Z_KL_COLUMNS), f["z_kl/kl"][()]
 
 
@@ -165,7 +171,7 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
     table = pd.concat([tidy_history(path) for path in run_files], ignore_index=True)
     unknown = sorted(set(table.run) - set(runs))
     if unknown:
-        raise ValueError(f"run file of run {unknown[0]!r}, which the run list does not name")
+        raise InputError(f"run file of run {unknown[0]!r}, which the run list does not name")
     run_frame = pd.DataFrame(
         [
             {
@@ -180,9 +186,18 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
         ]
     )
     seed_frame = pd.DataFrame([seed_record(path) for path in run_files], columns=SEED_COLUMNS)
+    twice = seed_frame.duplicated(["run", "seed"])
+    if twice.any():
+        first = seed_frame[twice].iloc[0]
+        raise InputError(
+            f"{run_files[int(twice.to_numpy().argmax())]}: run {first.run} seed {first.seed} is "
+            "given twice"
+        )
+    summary = summarize(table, run_frame, seed_frame)
     z_kl = [z_kl_rows(path) for path in run_files]
     z_kl_with_rows = [kl for rows, kl in z_kl if len(rows)]
-    with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
+    aggregated = io.BytesIO()
+    with h5py.File(aggregated, "w") as f:
         _write_frame(f.create_group("table"), table)
         _write_frame(f.create_group("runs"), run_frame)
         _write_frame(f.create_group("seeds"), seed_frame)
@@ -191,8 +206,8 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
         z_kl_group.create_dataset(
             "kl", data=np.concatenate(z_kl_with_rows) if z_kl_with_rows else np.zeros((0, 0))
         )
-    with atomic_output(out_csv) as tmp:
-        summarize(table, run_frame, seed_frame).to_csv(tmp, index=False, float_format="%.6g")
+    write_atomic(out_h5, aggregated.getvalue())
+    write_atomic(out_csv, summary.to_csv(index=False, float_format="%.6g").encode())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,8 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-h5", type=Path, required=True)
     parser.add_argument("--out-csv", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        aggregate(args.run_files, json.loads(args.runs), args.out_h5, args.out_csv)
-    except (ValueError, OSError, KeyError) as err:
-        sys.exit(f"ssvae-metrics: error: {err}")
+    with exit_on_user_error("ssvae-metrics"):
+        try:
+            runs = json.loads(args.runs)
+        except json.JSONDecodeError as err:
+            raise InputError(f"--runs is not valid JSON ({err})") from None
+        aggregate(args.run_files, runs, args.out_h5, args.out_csv)
     print(f"wrote {args.out_h5} and {args.out_csv}")

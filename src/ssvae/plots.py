@@ -2,7 +2,7 @@
 
 import argparse
 import colorsys
-import sys
+import io
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ssvae import metrics, runfile  # noqa: E402
-from ssvae.io import atomic_output  # noqa: E402
+from ssvae.errors import exit_on_user_error  # noqa: E402
+from ssvae.io import write_atomic  # noqa: E402
 
 STYLE = "seaborn-v0_8-darkgrid"  # the original used seaborn's darkgrid at 72 dpi
 DPI = 72
@@ -91,9 +92,10 @@ BEST_EPOCH = "best epoch of the mean curve (the original's statistic, reconstruc
 
 
 def save(fig, out_path: Path) -> None:
-    with atomic_output(out_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI)
     plt.close(fig)
+    write_atomic(out_path, png.getvalue())
 
 
 def accuracy_figure(table, runs):
@@ -279,8 +281,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"figure {args.figure} needs --{missing[0].replace('_', '-')}")
     if args.threshold is not None and args.threshold < 0:
         parser.error(f"--threshold must be at least 0, not {args.threshold}")
-    try:
+    with exit_on_user_error("ssvae-plot"):
         save(draw(args), args.out)
-    except (OSError, KeyError) as err:
-        sys.exit(f"ssvae-plot: error: {err}")
     print(f"wrote {args.out}")

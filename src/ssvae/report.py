@@ -5,13 +5,13 @@ file alone (no training code is imported)."""
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from ssvae import metrics
-from ssvae.io import atomic_output
+from ssvae.errors import InputError, exit_on_user_error
+from ssvae.io import write_atomic
 
 # Figures by file-name prefix, in the report's order: section title and what the figure shows.
 FIGURE_SECTIONS = {
@@ -48,15 +48,18 @@ def figure_section(path: Path) -> str:
     for prefix in sorted(FIGURE_SECTIONS, key=len, reverse=True):
         if path.name.startswith(prefix):
             return prefix
-    raise ValueError(f"figure {path.name}: no report section takes it")
+    raise InputError(f"figure {path.name}: no report section takes it")
 
 
 def read_reference(path: Path) -> pd.DataFrame:
     """The original's 10-seed validation accuracy per run label (reference_results.md)."""
-    reference = pd.read_csv(path)
+    try:
+        reference = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot be read as CSV ({err})") from None
     missing = {"label", "valid_accuracy"} - set(reference.columns)
     if missing:
-        raise ValueError(f"{path}: no column {sorted(missing)[0]!r}")
+        raise InputError(f"{path}: no column {sorted(missing)[0]!r}")
     return reference[["label", "valid_accuracy"]].rename(
         columns={"valid_accuracy": "original_valid_accuracy"}
     )
@@ -205,10 +208,8 @@ def write_report(
     table = results_table(metrics_path, reference_path, threshold)
     devices = devices_line(metrics.read_seeds(metrics_path))
     markdown = render_markdown(table, devices, figures, out_md.parent, threshold)
-    with atomic_output(out_csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_output(out_md) as tmp:
-        tmp.write_text(markdown + "\n")
+    write_atomic(out_csv, table.to_csv(index=False, float_format="%.6g").encode())
+    write_atomic(out_md, (markdown + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,10 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.threshold >= 0 and math.isfinite(args.threshold)):
         parser.error(f"--threshold must be a finite number of nats >= 0, not {args.threshold}")
-    try:
+    with exit_on_user_error("ssvae-report"):
         write_report(
             args.metrics, args.reference, args.figures, args.threshold, args.out_md, args.out_csv
         )
-    except (OSError, KeyError, ValueError) as err:
-        sys.exit(f"ssvae-report: error: {err}")
     print(f"wrote {args.out_md} and {args.out_csv}")

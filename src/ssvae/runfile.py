@@ -28,7 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ssvae.io import write_atomic
+from ssvae.errors import InputError
+from ssvae.io import read_hdf5, write_atomic
 
 SPLITS = ("train", "valid", "test")
 
@@ -64,7 +65,7 @@ def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:
 def read_history(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """`{split: {metric: values}}` for every split the file has; `epoch` is one of the metrics."""
     history = {}
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         for split in SPLITS:
             if split not in f:
                 continue
@@ -79,20 +80,20 @@ def read_history(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def read_attrs(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         attrs = dict(f.attrs)
-    attrs["config"] = json.loads(attrs["config"])
+        attrs["config"] = json.loads(attrs["config"])  # a missing attribute: InputError
     return attrs
 
 
 def has_group(path: Path, group: str) -> bool:
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         return group in f
 
 
 def read_arrays(path: Path, group: str) -> dict[str, np.ndarray]:
     """Every dataset of one group (`z_stats`, `samples`) as arrays."""
-    with h5py.File(path, "r") as f:
+    with read_hdf5(path) as f:
         return {name: dataset[()] for name, dataset in f[group].items()}
 
 
@@ -100,7 +101,7 @@ def records(path: Path, attrs: dict) -> bool:
     """Whether `path` is a readable, complete run file whose attributes include `attrs`."""
     try:
         found = read_attrs(path)
-    except (OSError, KeyError, ValueError):
+    except (InputError, ValueError):
         return False
     return found.get("status") == "complete" and all(
         key in found and found[key] == value for key, value in attrs.items()

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ssvae import data
-from ssvae.io import atomic_output
+from ssvae.errors import InputError, exit_on_user_error
+from ssvae.io import write_atomic
 
 N_CLASSES = 10
+MAX_SEED = (2**32 - 1) // 10  # RandomState(10 * seed) takes 32-bit seeds
 
 
 def labeled_indices(train_y: np.ndarray, seed: int, per_class: int = 10) -> np.ndarray:
@@ -38,14 +40,27 @@ def write_split(train_y: np.ndarray, seed: int, out_path: Path, per_class: int =
         "indices": indices.tolist(),
         "labels": train_y[indices].tolist(),
     }
-    with atomic_output(out_path) as tmp:
-        tmp.write_text(json.dumps(split))
+    write_atomic(out_path, json.dumps(split).encode())
     return split
 
 
 def read_split(path: Path) -> dict:
-    with open(path) as stream:
-        return json.load(stream)
+    """A split file written by `write_split`; anything else is an InputError naming it."""
+    try:
+        split = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a split file ({err})") from None
+    well_formed = (
+        isinstance(split, dict)
+        and isinstance(split.get("seed"), int)
+        and isinstance(split.get("indices"), list)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in split["indices"])
+    )
+    if not well_formed:
+        raise InputError(f"{path}: not a split file (needs an integer seed and integer indices)")
+    return split
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,9 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels-per-class", type=int, default=10)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        sys.exit(f"ssvae-split: error: seed must be a non-negative integer, got {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        sys.exit(
+            f"ssvae-split: error: --seed must be 0..{MAX_SEED} (NumPy seeds with 10*seed), "
+            f"got {args.seed}"
+        )
     if not 1 <= args.labels_per_class <= 4000:
-        sys.exit(f"ssvae-split: error: labels-per-class out of range: {args.labels_per_class}")
-    split = write_split(data.load(args.data)["train_y"], args.seed, args.out, args.labels_per_class)
+        sys.exit(
+            f"ssvae-split: error: --labels-per-class must be 1..4000, got {args.labels_per_class}"
+        )
+    with exit_on_user_error("ssvae-split"):
+        train_y = data.load(args.data)["train_y"]
+        split = write_split(train_y, args.seed, args.out, args.labels_per_class)
     print(f"wrote {args.out}: {len(split['indices'])} labeled images for seed {args.seed}")

@@ -147,6 +147,11 @@ class Images:
 def load_images(data_path: Path, split: dict, device: torch.device) -> Images:
     arrays = data.load(data_path)
     train_x = to_pixels(arrays["train_x"], device)
+    out_of_range = [i for i in split["indices"] if not 0 <= i < len(train_x)]
+    if out_of_range:
+        raise ConfigError(
+            f"split: labeled index {out_of_range[0]} is outside the {len(train_x)} training images"
+        )
     labeled = torch.as_tensor(split["indices"], device=device)
     return Images(
         train_x=train_x,
