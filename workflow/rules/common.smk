@@ -52,7 +52,9 @@ def validate_config(config, schema_path):
             message = f"must be {error.schema['description']}"
         else:
             message = error.message[:200]
-        raise WorkflowError(f"invalid config: {key or '(top level)'} = {value}: {message}")
+        raise WorkflowError(
+            f"invalid config: {key or '(top level)'} = {value}: {message}"
+        )
     for key, value in leaves(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise WorkflowError(
