@@ -315,3 +315,12 @@ def test_every_readme_command_works_as_written(command: str, readme_workdir: Pat
         timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_no_reachable_source_is_said_on_the_console(tmp_path: Path, mnist_dir: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    offline = (f"mnist_sources=[{tmp_path / 'unreachable'}]",)
+    result = snakemake(workdir, mnist_dir, "results/data/mnist.npz", config=offline, check=False)
+    assert result.returncode != 0
+    assert "point mnist_sources at a directory" in result.stdout + result.stderr
+    assert not (workdir / "results/data/mnist.npz").exists()
