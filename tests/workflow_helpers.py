@@ -11,7 +11,7 @@ import yaml
 from ssvae import metrics
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src")
+WORKFLOW_FILES = ("config.yaml", "workflow", "envs", "src")
 SMOKE = "workflow/configs/smoke.yaml"
 RUNS, SEEDS = ("ExactM2", "MLP"), (1, 2)
 

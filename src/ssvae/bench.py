@@ -216,7 +216,7 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
     if snakemake is None:
         sys.exit("ssvae.bench: error: snakemake is not on PATH (pip install -e .)")
     scratch.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "envs", "src"):
+    for name in ("workflow", "envs", "src"):
         source, dest = REPO_ROOT / name, scratch / name
         if dest.is_dir():
             shutil.rmtree(dest)

@@ -27,7 +27,7 @@ SINGLE_SEED_FIGURES = {
 # Models without a decoder have no samples or z statistics to draw (the package's MLP).
 MODELS_WITHOUT_DECODER = {"MLP"}
 # Source files whose edits must re-render what they produce (and nothing upstream).
-PACKAGE_DIR = Path(workflow.basedir) / "src" / "ssvae"
+PACKAGE_DIR = Path(workflow.basedir).parent / "src" / "ssvae"
 
 
 def validate_config(config, schema_path):
