@@ -93,7 +93,7 @@ def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:
         [
             sys.executable, "-m", "ssvae.bench", "--runs", "MLP", "LogGamma",
             "--data", str(prepared_mnist), "--device", "cpu", "--warmup-steps", "1",
-            "--steps", "5", "--matmul-seconds", "0.2", "--jobs", "1", "2",
+            "--steps", "5", "--late-after", "12", "--matmul-seconds", "0.2", "--jobs", "1", "2",
             "--skip-workflow", "--out", str(out),
         ],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -117,6 +117,11 @@ def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:
             row["flops_per_step"] * row["steps_per_s"]
         )
         assert row["matmul_flops_per_s"] == report["matmul_flops_per_s"] > 0
+        # Trained on from the 1 + 5 steps measured fresh to step 12, then measured again.
+        assert row["late_after_steps"] == 12
+        assert len(row["late_window_ms_per_step"]) == 5
+        assert row["late_ms_per_step"] == pytest.approx(sorted(row["late_window_ms_per_step"])[2])
+        assert all(0 < share <= 1 for share in row["late_subnormal_shares"].values())
         assert row["ratio"] == pytest.approx(
             row["achieved_flops_per_s"] / row["matmul_flops_per_s"]
         )

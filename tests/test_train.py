@@ -3,6 +3,8 @@
 import dataclasses
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -273,3 +275,25 @@ def test_compiled_step_gives_the_eager_numbers(
         for name in eager:
             if name != "duration":
                 np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("flush", ["on", "off"])
+def test_cpu_training_flushes_subnormals_on_every_thread(flush: str) -> None:
+    """Subnormal inputs stall CPU matmuls; ssvae-train's compute options make them zero in the
+    whole process, worker threads included (a fresh process: threads inherit it as they start)."""
+    code = f"""
+import argparse, torch
+from ssvae import train
+options = argparse.Namespace(device="cpu", threads=2, compile="off", tf32="off",
+                             flush_subnormals="{flush}")
+train.apply_compute_options(options)
+x = torch.full((1024, 1024), 3e-39)  # float32 subnormals, in chunks over both threads
+elementwise = torch.count_nonzero(x * 0.5)
+matmul = torch.count_nonzero(torch.mm(x, torch.eye(1024)))
+print(int(elementwise), int(matmul))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    elementwise, matmul = map(int, result.stdout.split())
+    expected = 0 if flush == "on" else 1024 * 1024
+    assert (elementwise, matmul) == (expected, expected)

@@ -104,6 +104,40 @@ def time_steps(model, optimizer, objective_fn, images, cfg: TrainConfig, n_steps
     return time.perf_counter() - started
 
 
+def subnormal_shares(model, optimizer, objective_fn, images, cfg: TrainConfig) -> dict:
+    """The share of subnormal values in what one training step touches: every Linear's input
+    (the matmuls), the gradients and Adam's moments. The five largest of the inputs and the
+    five largest of the rest, by name."""
+    tiny = torch.finfo(torch.float32).tiny
+
+    def share(tensor: torch.Tensor) -> float:
+        return ((tensor != 0) & (tensor.abs() < tiny)).float().mean().item()
+
+    found = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda module, inputs, name=name: found.__setitem__(f"{name} input", share(inputs[0]))
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    try:
+        time_steps(model, optimizer, objective_fn, images, cfg, 1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param, {})
+        found[f"{name} grad"] = share(param.grad) if param.grad is not None else 0.0
+        for moment in ("exp_avg", "exp_avg_sq"):
+            if moment in state:
+                found[f"{name} {moment}"] = share(state[moment])
+    inputs = {name: value for name, value in found.items() if name.endswith(" input")}
+    others = {name: value for name, value in found.items() if name not in inputs}
+    largest = [sorted(group.items(), key=lambda item: -item[1])[:5] for group in (inputs, others)]
+    return {name: value for group in largest for name, value in group if value > 0}
+
+
 def time_evaluation(model, images, cfg: TrainConfig) -> float:
     device = images.train_x.device
     synchronize(device)
@@ -120,7 +154,10 @@ def bench_run(
     compiled: bool,
     warmup_steps: int,
     steps: int,
+    late_after: int = 0,
 ) -> dict:
+    """Time the step from a fresh start and, with `late_after`, again once training has run that
+    many steps on real MNIST: late states hold values a fresh one does not (subnormal floats)."""
     torch.manual_seed(cfg.seed)
     images = load_images(data_path, cfg, device)
     model, optimizer = train.build_training(cfg, device)
@@ -137,7 +174,21 @@ def bench_run(
     eval_seconds = time_evaluation(model, images, cfg)
     steps_per_s = per_window / statistics.median(window_seconds)
     steps_per_run = (cfg.epochs + 1) * cfg.steps_per_epoch
-    return {
+    late = {}
+    trained = warmup_steps + per_window * WINDOWS
+    if late_after > trained:
+        time_steps(model, optimizer, objective_fn, images, cfg, late_after - trained)
+        late_seconds = [
+            time_steps(model, optimizer, objective_fn, images, cfg, per_window)
+            for _ in range(WINDOWS)
+        ]
+        late = {
+            "late_after_steps": late_after,
+            "late_window_ms_per_step": [1000 * s / per_window for s in late_seconds],
+            "late_ms_per_step": 1000 * statistics.median(late_seconds) / per_window,
+            "late_subnormal_shares": subnormal_shares(model, optimizer, objective_fn, images, cfg),
+        }
+    return late | {
         "model": cfg.model,
         "steps_measured": per_window * WINDOWS,
         "window_ms_per_step": [1000 * seconds / per_window for seconds in window_seconds],
@@ -178,6 +229,10 @@ def bench_parallel_jobs(args, run: str, n_jobs: int) -> dict:
         str(args.threads),
         "--tf32",
         args.tf32,
+        "--flush-subnormals",
+        args.flush_subnormals,
+        "--late-after",
+        "0",  # the throughput of jobs side by side, from a fresh start
     ]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(n_jobs)]
     results = []
@@ -287,6 +342,17 @@ def print_table(report: dict) -> None:
             f"{row['ratio']:>6.2f}  {min(row['window_ms_per_step']):.1f}-"
             f"{max(row['window_ms_per_step']):.1f}"
         )
+    for run, row in report["models"].items():
+        if "late_ms_per_step" in row:
+            subnormal = ", ".join(
+                f"{name} {value:.1%}" for name, value in row["late_subnormal_shares"].items()
+            )
+            print(
+                f"{run}: after {row['late_after_steps']} steps "
+                f"{row['late_ms_per_step']:.2f} ms/step "
+                f"({row['late_ms_per_step'] / row['ms_per_step']:.2f} x fresh); subnormal: "
+                f"{subnormal or 'none'}"
+            )
     for row in report.get("parallel_jobs", []):
         per_job = ", ".join(f"{rate:.1f}" for rate in row["steps_per_s_per_job"])
         print(
@@ -323,6 +389,13 @@ def parse_args(argv):
         "--warmup-steps", type=int, default=20, help="untimed steps first (compiling included)"
     )
     parser.add_argument("--steps", type=int, default=100, help="steps in the measured window")
+    parser.add_argument(
+        "--late-after",
+        type=int,
+        default=2000,
+        help="measure the window again after this many training steps, a late-training state "
+        "(epoch 4: an Intel Xeon ran epochs 3-6 ten times slower on subnormals; 0: fresh only)",
+    )
     parser.add_argument(
         "--matmul-seconds", type=float, default=3.0, help="time the matmul reference this long"
     )
@@ -367,7 +440,9 @@ def main(argv: list[str] | None = None) -> None:
         configs = {run: run_settings(config, run, seed=1) for run in runs}
     if args.worker:
         (cfg,) = configs.values()
-        result = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps)
+        result = bench_run(
+            cfg, args.data, device, compiled, args.warmup_steps, args.steps, args.late_after
+        )
         print(json.dumps(result))
         return
 
@@ -379,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     matmul_before = matmul_flops_per_s(device, args.matmul_seconds)
     models = {}
     for run, cfg in configs.items():
-        models[run] = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps)
+        models[run] = bench_run(
+            cfg, args.data, device, compiled, args.warmup_steps, args.steps, args.late_after
+        )
         print(f"{run}: {models[run]['ms_per_step']:.2f} ms/step", flush=True)
     # The rate before and after the models, the higher taken: a conservative ratio.
     matmul = max(matmul_before, matmul_flops_per_s(device, args.matmul_seconds))
