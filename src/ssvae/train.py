@@ -332,7 +332,7 @@ def epoch_means(progress: EpochProgress, cfg: TrainConfig, uses_annealing: bool)
 
 
 class Preempted(UserError):
-    """Training stopped on request (SIGTERM) after writing a checkpoint."""
+    """Training stopped on request (SIGTERM or SIGINT) after writing a checkpoint."""
 
 
 def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
