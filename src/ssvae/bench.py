@@ -25,6 +25,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssvae import train
+from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
 from ssvae.splits import labeled_indices
@@ -371,9 +372,7 @@ def print_table(report: dict) -> None:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m ssvae.bench", description=__doc__.splitlines()[0]
-    )
+    parser = entry_point_parser("python -m ssvae.bench", __doc__.splitlines()[0])
     parser.add_argument(
         "--config", type=Path, default=Path("config.yaml"), help="the workflow's config"
     )
@@ -417,7 +416,9 @@ def parse_args(argv):
         default=Path("results/bench/workflow"),
         help="where the workflow copy for the snakemake timings is built and kept",
     )
-    parser.add_argument("--out", type=Path, default=Path("results/bench/bench.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/bench/bench.json"), help="JSON report to write"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("warmup_steps", "steps"):

@@ -93,6 +93,24 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+def settings_help() -> str:
+    """The keys of a run's settings, which are required and the defaults, for --help."""
+    lines = ["keys of --run-config (a JSON object):"]
+    for setting in dataclasses.fields(TrainConfig):
+        if setting.default is not dataclasses.MISSING:
+            lines.append(f"  {setting.name:<25} default {setting.default!r}")
+        elif setting.default_factory is dataclasses.MISSING:
+            lines.append(f"  {setting.name:<25} required")
+    lines.append("  params                    the model's own settings, by model:")
+    for name, model in MODELS.items():
+        each = [
+            f"{key} ({'required' if s.default is None else s.default})"
+            for key, s in model.settings.items()
+        ]
+        lines.append(f"    {name:<23} {', '.join(each) or 'none'}")
+    return "\n".join(lines)
+
+
 def run_settings(config: dict, run: str, seed: int) -> TrainConfig:
     """What one (run, seed) of the workflow config computes: the run's model and params, the
     seed, the schedule and the training overrides, defaults filled in. How it is computed

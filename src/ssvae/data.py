@@ -6,7 +6,6 @@ content matches, and it reaches its final name only after that check (write to a
 then rename), so a failed or interrupted fetch never leaves something that looks like valid data.
 """
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssvae.cli import entry_point_parser
 from ssvae.errors import UserError, exit_on_user_error
 from ssvae.io import OutputError, atomic_output, write_atomic
 
@@ -226,9 +226,10 @@ def load(path: Path) -> dict[str, np.ndarray]:
 
 
 def fetch_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-fetch-mnist",
-        description="Fetch the four MNIST IDX files from the first source with a verified copy.",
+    parser = entry_point_parser(
+        "ssvae-fetch-mnist",
+        "Fetch the four MNIST IDX files from the first source with a verified copy; a file "
+        "already verified in --dest is kept.",
     )
     parser.add_argument("sources", nargs="+", help="URL prefix, file:// URL or local directory")
     parser.add_argument("--dest", type=Path, required=True, help="directory for the .gz files")
@@ -243,12 +244,13 @@ def fetch_main(argv: list[str] | None = None) -> None:
 
 
 def prepare_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-prepare-mnist",
-        description="Convert the MNIST IDX files to one .npz with the original's split.",
+    parser = entry_point_parser(
+        "ssvae-prepare-mnist", "Convert the MNIST IDX files to one .npz with the original's split."
     )
-    parser.add_argument("--raw-dir", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--raw-dir", type=Path, required=True, help="directory holding the four verified .gz files"
+    )
+    parser.add_argument("--out", type=Path, required=True, help=".npz to write")
     args = parser.parse_args(argv)
     with exit_on_user_error("ssvae-prepare-mnist"):
         prepare(args.raw_dir, args.out)

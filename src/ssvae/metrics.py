@@ -13,7 +13,6 @@ The aggregated HDF5 file holds four tables, each a group with one dataset per co
 (`read_z_kl` also returns the KL array).
 """
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ssvae import runfile
+from ssvae.cli import entry_point_parser
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.io import read_hdf5, write_atomic
 
@@ -211,18 +211,17 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-metrics",
-        description="Aggregate run files into a tidy HDF5 table and a per-run CSV summary.",
+    parser = entry_point_parser(
+        "ssvae-metrics", "Aggregate run files into a tidy HDF5 table and a per-run CSV summary."
     )
-    parser.add_argument("run_files", nargs="+", type=Path)
+    parser.add_argument("run_files", nargs="+", type=Path, help="complete run files (.h5)")
     parser.add_argument(
         "--runs",
         required=True,
         help='JSON object {run: {"label", "model", "palette_index", "seeds"}}, in order',
     )
-    parser.add_argument("--out-h5", type=Path, required=True)
-    parser.add_argument("--out-csv", type=Path, required=True)
+    parser.add_argument("--out-h5", type=Path, required=True, help="aggregated .h5 to write")
+    parser.add_argument("--out-csv", type=Path, required=True, help="summary CSV to write")
     args = parser.parse_args(argv)
     with exit_on_user_error("ssvae-metrics"):
         try:

@@ -1,6 +1,5 @@
 """Figures, drawn from the aggregated metrics file alone (no training code is imported)."""
 
-import argparse
 import colorsys
 import io
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ssvae import metrics, runfile  # noqa: E402
+from ssvae.cli import entry_point_parser  # noqa: E402
 from ssvae.errors import exit_on_user_error  # noqa: E402
 from ssvae.io import write_atomic  # noqa: E402
 
@@ -247,25 +247,35 @@ def _kl_z_mean(args):
     return kl_mean_heatmap_figure(z_stats["epoch"], z_stats["kl_per_dim_mean"], args.label, seed)
 
 
-# Figure name -> (what it is drawn from, how to draw it).
+# Figure name -> (the options it needs, how to draw it).
 FIGURES = {
-    "accuracy": ("metrics", _accuracy),
-    "accuracy-loss": ("metrics", _accuracy_loss),
-    "active-dims": ("metrics", _active_dims),
-    "samples": ("run-file", _samples),
-    "kl-z": ("run-file", _kl_z),
-    "kl-z-mean": ("run-file", _kl_z_mean),
+    "accuracy": (("metrics",), _accuracy),
+    "accuracy-loss": (("metrics",), _accuracy_loss),
+    "active-dims": (("metrics", "threshold"), _active_dims),
+    "samples": (("run_file", "label"), _samples),
+    "kl-z": (("run_file", "label"), _kl_z),
+    "kl-z-mean": (("run_file", "label"), _kl_z_mean),
 }
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-plot",
-        description="Render a figure from the aggregated metrics or from one run's file.",
+    needed = "\n".join(
+        f"  {figure:<14} {' '.join(map(_option, needs))}" for figure, (needs, _) in FIGURES.items()
     )
-    parser.add_argument("figure", choices=list(FIGURES))
+    parser = entry_point_parser(
+        "ssvae-plot",
+        "Render a figure from the aggregated metrics or from one run's file.",
+        epilog=f"each figure needs, besides --out:\n{needed}\n(accuracy-loss also takes --split)",
+    )
+    parser.add_argument("figure", choices=list(FIGURES), help="the figure to draw")
     parser.add_argument("--metrics", type=Path, help="aggregated metrics .h5 (comparison figures)")
-    parser.add_argument("--split", choices=["train", "valid"], default="valid")
+    parser.add_argument(
+        "--split", choices=["train", "valid"], default="valid", help="accuracy-loss: the split"
+    )
     parser.add_argument(
         "--threshold", type=float, help="KL in nats above which a z dimension counts as active"
     )
@@ -273,12 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", help="the run's label in titles (single-run figures)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
-    source, draw = FIGURES[args.figure]
-    needs = ["metrics"] if source == "metrics" else ["run_file", "label"]
-    needs += ["threshold"] if args.figure == "active-dims" else []
+    needs, draw = FIGURES[args.figure]
     missing = [name for name in needs if getattr(args, name) is None]
     if missing:
-        parser.error(f"figure {args.figure} needs --{missing[0].replace('_', '-')}")
+        parser.error(f"figure {args.figure} needs {_option(missing[0])}")
     if args.threshold is not None and args.threshold < 0:
         parser.error(f"--threshold must be at least 0, not {args.threshold}")
     with exit_on_user_error("ssvae-plot"):

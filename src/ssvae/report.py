@@ -2,7 +2,6 @@
 path relative to the report so that it reads on a code host. Drawn from the aggregated metrics
 file alone (no training code is imported)."""
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ssvae import metrics
+from ssvae.cli import entry_point_parser
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.io import write_atomic
 
@@ -213,9 +213,8 @@ def write_report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-report",
-        description="Write the results report (Markdown and CSV) from the aggregated metrics.",
+    parser = entry_point_parser(
+        "ssvae-report", "Write the results report (Markdown and CSV) from the aggregated metrics."
     )
     parser.add_argument("--metrics", type=Path, required=True, help="aggregated metrics .h5")
     parser.add_argument(
@@ -223,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--figures", type=Path, nargs="*", default=[], help="PNGs to embed")
     parser.add_argument("--threshold", type=float, required=True, help="active-dimension KL")
-    parser.add_argument("--out-md", type=Path, required=True)
-    parser.add_argument("--out-csv", type=Path, required=True)
+    parser.add_argument("--out-md", type=Path, required=True, help="Markdown report to write")
+    parser.add_argument("--out-csv", type=Path, required=True, help="the report's table as CSV")
     args = parser.parse_args(argv)
     if not (args.threshold >= 0 and math.isfinite(args.threshold)):
         parser.error(f"--threshold must be a finite number of nats >= 0, not {args.threshold}")

@@ -1,6 +1,5 @@
 """The labeled subset of one seed, drawn exactly as the original draws it (spec 1.2)."""
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ssvae import data
+from ssvae.cli import entry_point_parser
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.io import write_atomic
 
@@ -64,13 +64,15 @@ def read_split(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-split", description="Write the labeled subset (indices and labels) of one seed."
+    parser = entry_point_parser(
+        "ssvae-split", "Write the labeled subset (indices and labels) of one seed."
     )
     parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--labels-per-class", type=int, default=10)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--seed", type=int, required=True, help=f"0..{MAX_SEED}; NumPy's RandomState(10*seed)"
+    )
+    parser.add_argument("--labels-per-class", type=int, default=10, help="labeled images a class")
+    parser.add_argument("--out", type=Path, required=True, help="split JSON to write")
     args = parser.parse_args(argv)
     if not 0 <= args.seed <= MAX_SEED:
         sys.exit(

@@ -1,0 +1,71 @@
+"""Every entry point's --help: a help line for each option, with its default, and what the
+options depend on said where it matters."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from ssvae import bench, data, metrics, plots, report, splits, train
+from ssvae.config import TrainConfig
+from ssvae.models import MODELS
+
+ENTRY_POINTS = {
+    "ssvae-fetch-mnist": data.fetch_main,
+    "ssvae-prepare-mnist": data.prepare_main,
+    "ssvae-split": splits.main,
+    "ssvae-train": train.main,
+    "ssvae-metrics": metrics.main,
+    "ssvae-plot": plots.main,
+    "ssvae-report": report.main,
+    "python -m ssvae.bench": bench.main,
+}
+
+
+class Parsed(Exception):
+    """Raised in place of parsing, carrying the parser the entry point built."""
+
+
+def parser_of(main, monkeypatch) -> argparse.ArgumentParser:
+    def capture(self, *args, **kwargs):
+        raise Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed) as parsed:
+        main([])
+    return parsed.value.args[0]
+
+
+@pytest.mark.parametrize("prog", ENTRY_POINTS)
+def test_every_option_has_a_help_line_showing_its_default(prog: str, monkeypatch) -> None:
+    parser = parser_of(ENTRY_POINTS[prog], monkeypatch)
+    assert parser.prog == prog
+    text = " ".join(parser.format_help().split())  # help lines wrap anywhere
+    for action in parser._actions:
+        assert action.help, f"{prog}: {action.dest} has no help"
+        if not action.required and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, f"{prog}: {action.dest}"
+
+
+def test_train_help_lists_the_run_config_keys(monkeypatch) -> None:
+    text = parser_of(train.main, monkeypatch).format_help()
+    for setting in dataclasses.fields(TrainConfig):
+        assert f"  {setting.name} " in text, setting.name
+    for required in ("run", "model", "seed"):
+        assert any(line.split() == [required, "required"] for line in text.splitlines())
+    for model in MODELS:
+        assert f"    {model} " in text
+
+
+def test_plot_help_says_what_each_figure_needs(monkeypatch) -> None:
+    lines = parser_of(plots.main, monkeypatch).format_help().splitlines()
+    needs = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ") and
+             line.split()[0] in plots.FIGURES}  # fmt: skip
+    assert needs == {
+        "accuracy": ["--metrics"],
+        "accuracy-loss": ["--metrics"],
+        "active-dims": ["--metrics", "--threshold"],
+        "samples": ["--run-file", "--label"],
+        "kl-z": ["--run-file", "--label"],
+        "kl-z-mean": ["--run-file", "--label"],
+    }
