@@ -46,7 +46,10 @@ def assert_smoke_outputs(built: Path) -> None:
         for run in RUNS:
             assert run_file(built, run, seed).exists()
             log = (built / f"results/logs/train/{run}/seed{seed}.log").read_text()
-            assert len(re.findall(r"^epoch +\d+/2 ", log, flags=re.MULTILINE)) == 3
+            epochs = re.findall(r"^epoch +\d+/2 .*$", log, flags=re.MULTILINE)
+            assert len(epochs) == 3
+            # Training and evaluation time on every line: a job's time adds up from its log.
+            assert all(re.search(r" s training +[\d.]+ s evaluation$", line) for line in epochs)
     # The smoke preset checkpoints every epoch; a completed run leaves no checkpoint behind.
     assert not list((built / "results/runs").rglob("checkpoint.pt"))
     table = metrics.read_table(built / "results/metrics/metrics.h5")

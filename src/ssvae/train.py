@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import astuple, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ import torch._inductor.config
 
 import ssvae
 from ssvae import checkpoint, data, runfile
-from ssvae.config import ConfigError, TrainConfig
+from ssvae.cli import entry_point_parser
+from ssvae.config import ConfigError, TrainConfig, settings_help
 from ssvae.errors import UserError, exit_on_user_error
 from ssvae.io import check_writable, link_atomic
 from ssvae.models import SemiSupervisedVAE, build_model
@@ -419,7 +420,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "cpu_threads": torch.get_num_threads(),
             "status": status,
             "wall_seconds": wall_seconds(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         runfile.write(path, attrs, history, {k: v for k, v in extras.items() if v})
 
@@ -470,6 +471,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
         line += f"  acc {metrics['accuracy']:.3f}"
 
         last_epoch = epoch == cfg.epochs
+        evaluation_started = time.perf_counter()
         if epoch % cfg.eval_every == 0 or last_epoch:
             valid_metrics, z_stats = evaluate(model, *images.valid, cfg.batch_size)
             _append(history["valid"], epoch, valid_metrics)
@@ -482,7 +484,10 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             test_metrics, _ = evaluate(model, *images.test, cfg.batch_size)
             _append(history["test"], epoch, test_metrics)
             line += f"  test acc {test_metrics['accuracy']:.4f}"
-        log(f"{line}  lr {lr:.3e}  {epoch_seconds:6.1f} s training", flush=True)
+        line += f"  lr {lr:.3e}  {epoch_seconds:6.1f} s training"
+        # Evaluation and samples (a host sync each), so that a job's time adds up from its log.
+        evaluation_seconds = time.perf_counter() - evaluation_started
+        log(f"{line}  {evaluation_seconds:6.1f} s evaluation", flush=True)
         due = checkpoint_every > 0 and (epoch + 1) % checkpoint_every == 0
         if checkpoint_path is not None and due and not last_epoch:
             save_checkpoint(epoch + 1)
@@ -553,8 +558,8 @@ def apply_compute_options(args: argparse.Namespace) -> tuple[torch.device, bool]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="ssvae-train", description="Train one (run, seed) and write its metrics HDF5 file."
+    parser = entry_point_parser(
+        "ssvae-train", "Train one (run, seed) and write its metrics HDF5 file.", settings_help()
     )
     parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
     parser.add_argument("--split", type=Path, required=True, help="labeled split JSON of the seed")
@@ -569,13 +574,14 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint",
         type=Path,
         help="file for the training state: written every --checkpoint-every epochs and on "
-        "SIGTERM, resumed from when present, deleted when the run completes",
+        "SIGTERM or SIGINT, resumed from when present, deleted when the run completes (which "
+        "leaves a finished copy of the run file beside it, <stem>.finished.h5)",
     )
     parser.add_argument(
         "--checkpoint-every",
         type=int,
         default=10,
-        help="epochs between checkpoints (0: only on SIGTERM)",
+        help="epochs between checkpoints (0: only on SIGTERM or SIGINT)",
     )
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
