@@ -149,7 +149,7 @@ def test_report_cli_writes_both_files(
 
 
 def test_reference_file_matches_the_spec() -> None:
-    """The repository's copy of the original's numbers, against reference_results.md's table."""
+    """The repository's copy of the original's numbers, against docs/original.md section 8."""
     repo = Path(__file__).resolve().parents[1]
     reference = pd.read_csv(repo / "workflow/resources/reference_results.csv")
     expected = {

@@ -52,7 +52,7 @@ def figure_section(path: Path) -> str:
 
 
 def read_reference(path: Path) -> pd.DataFrame:
-    """The original's 10-seed validation accuracy per run label (reference_results.md)."""
+    """The original's 10-seed validation accuracy per run label (docs/original.md, section 8)."""
     try:
         reference = pd.read_csv(path)
     except (OSError, ValueError) as err:

@@ -16,7 +16,7 @@ MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
 RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
 CHECKPOINT_FILE = "results/runs/{run}/seed{seed}/checkpoint.pt"
-# The original's 10-seed numbers per run label (shared/spec/reference_results.md).
+# The original's 10-seed numbers per run label (docs/original.md, section 8).
 REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
 # Per-run figures of one seed, by file-name prefix, and the ssvae-plot figure that draws each.
 SINGLE_SEED_FIGURES = {
