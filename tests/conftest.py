@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from labeled_split import split_file
 
 from ssvae import data
 
@@ -76,3 +78,18 @@ def small_mnist(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory) 
     path = tmp_path_factory.mktemp("small_mnist") / "mnist.npz"
     np.savez(path, **small)
     return path
+
+
+@pytest.fixture(scope="module")
+def small_split(small_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The labeled split of seed SPLIT_SEED on the small arrays."""
+    return split_file(small_mnist, tmp_path_factory.mktemp("split"))
+
+
+@pytest.fixture
+def float64_default():
+    """Train in float64 (the training code makes its tensors in torch's default float type)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

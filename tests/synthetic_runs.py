@@ -15,6 +15,17 @@ EXACT = {
 }
 MLP = {1: ([0.77, 0.75, 0.74], 0.70), 2: ([0.75, 0.73, 0.72], 0.72)}
 NEW = {1: ([0.40, 0.50, 0.45], 0.48)}
+# How the MLP's seeds were computed: on a GPU, compiled as CUDA graphs, and falling back to eager.
+MLP_ON_GPU = {
+    seed: {
+        "device": "NVIDIA H200",
+        "cuda_version": "12.8",
+        "step_compiled": not fallback,
+        "step_captured": not fallback,
+        "compile_fallback": "BackendCompilerFailed: no compiler" if fallback else "",
+    }
+    for seed, fallback in ((1, False), (2, True))
+}
 EPOCHS = [0, 10, 20]
 RUNS = {
     "ExactM2": {"label": "ExactM2", "model": "ExactM2", "palette_index": 0, "seeds": [1, 2, 3]},
@@ -40,7 +51,9 @@ def write_run(
     test: float,
     wall: float,
     active: list[int] | None,
+    **computation,
 ) -> Path:
+    """A complete run file; `computation` overrides how it was computed (eager on CPU)."""
     path = directory / run / f"seed{seed}.h5"
     attrs = {
         "run": run,
@@ -49,8 +62,13 @@ def write_run(
         "config": {},
         "status": "complete",
         "device": "cpu",
+        "torch_version": "2.13.0",
+        "cuda_version": "none",
+        "step_compiled": False,
+        "step_captured": False,
+        "compile_fallback": "",
         "wall_seconds": wall,
-    }
+    } | computation
     history = {
         "train": {"epoch": list(range(21)), "accuracy": [1.0] * 21, "loss": [200.0] * 21},
         "valid": {"epoch": EPOCHS, "accuracy": valid, "loss": [300.0, 250.0, 260.0]},
@@ -74,7 +92,7 @@ def synthetic_metrics(tmp_path: Path) -> Path:
         active = [20, 10, 3 + 2 * seed]
         files.append(write_run(tmp_path, "ExactM2", seed, valid, test, 100.0 * seed, active))
     for seed, (valid, test) in MLP.items():
-        files.append(write_run(tmp_path, "MLP", seed, valid, test, 30.0, None))
+        files.append(write_run(tmp_path, "MLP", seed, valid, test, 30.0, None, **MLP_ON_GPU[seed]))
     for seed, (valid, test) in NEW.items():
         files.append(write_run(tmp_path, "New", seed, valid, test, 9000.0, [4, 4, 4]))
     out = tmp_path / "results/metrics/metrics.h5"

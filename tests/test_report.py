@@ -84,7 +84,10 @@ def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Pat
     out_md, out_csv = results / "report.md", results / "report.csv"
     report.write_report(synthetic, reference, figures, 0.01, out_md, out_csv)
     text = out_md.read_text()
-    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    results = text.split("## How the runs were computed")[0]
+    rows = {
+        line.split(" | ")[0][2:]: line for line in results.splitlines() if line.startswith("| ")
+    }
     assert rows["ExactM2"] == (
         "| ExactM2 | 0.920 ± 0.020 (epoch 10) | 0.900 ± 0.020 | 0.930 ± 0.020 | 0.942 | -0.022 "
         "| 3/3 | 3.3 min | 10.0 min | 7.0 ± 2.0 |"
@@ -110,7 +113,11 @@ def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Pat
         "KL_Z_A_seed2",
         "KL_Z_valid_mean_A_seed2",
     ]
-    assert "Trained on: cpu (6 run files)." in text
+    assert "| run | device | torch | CUDA | training step | run files |" in text
+    assert "| ExactM2 | cpu | 2.13.0 | none | eager | 3 |" in text
+    assert "| MLP | NVIDIA H200 | 2.13.0 | 12.8 | compiled, CUDA graphs | 1 |" in text
+    assert "| MLP | NVIDIA H200 | 2.13.0 | 12.8 | eager (compiling failed) | 1 |" in text
+    assert "| New run | cpu | 2.13.0 | none | eager | 1 |" in text
     table = pd.read_csv(out_csv)
     assert table.run.tolist() == ["ExactM2", "MLP", "New"]
     assert table.valid_accuracy_best_mean.tolist() == pytest.approx([0.92, 0.76, 0.50])

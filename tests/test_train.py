@@ -11,15 +11,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from labeled_split import SPLIT_SEED as SEED
+from labeled_split import split_file
 
 import ssvae
-from ssvae import data, runfile
+from ssvae import runfile
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MLP
-from ssvae.splits import write_split
 from ssvae.train import TrainingDiverged, add_l2_term, diverged_path, train
 
-SEED = 3
 # Small batches keep the CPU time down; 20 unlabeled images still give ExactM2 the 200
 # class-enumerated q(z|.) rows from which the last 100 are kept.
 TINY_RUN = {"epochs": 1, "steps_per_epoch": 2, "eval_every": 1, "batch_size": 20}
@@ -41,17 +41,6 @@ VAE_TRAIN_METRICS = {
     "p(x,y)/KL_Z",
     "p(x,y)/nllX",
 }
-
-
-def split_file(small_mnist: Path, directory: Path, seed: int = SEED) -> Path:
-    path = directory / f"split_seed{seed}.json"
-    write_split(data.load(small_mnist)["train_y"], seed, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_split(small_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return split_file(small_mnist, tmp_path_factory.mktemp("split"))
 
 
 def tiny_config(model: str, **overrides) -> TrainConfig:
@@ -101,6 +90,9 @@ class TestExactM2RunFile:
         assert attrs["ssvae_version"] == ssvae.__version__
         assert attrs["torch_version"] == str(torch.__version__)
         assert attrs["device"] == "cpu"
+        assert attrs["cuda_version"] == (torch.version.cuda or "none")
+        assert (attrs["step_compiled"], attrs["step_captured"]) == (False, False)
+        assert attrs["compile_fallback"] == ""
         assert json.loads(attrs["config"]) == dataclasses.asdict(tiny_config("ExactM2"))
 
     def test_epochs_of_each_split(self, exact_m2_run: Path) -> None:
@@ -236,57 +228,16 @@ def test_l2_term_adds_what_autograd_gives_for_the_penalty() -> None:
     torch.testing.assert_close(norm.square(), penalty.detach())
 
 
-@pytest.fixture
-def float64_default():
-    """Train in float64 (the training code makes its tensors in torch's default float type)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-@pytest.mark.parametrize("model", ["MLP", "ApproxM2"])
-def test_compiled_step_gives_the_eager_numbers(
-    model: str, small_mnist: Path, small_split: Path, tmp_path: Path, float64_default
-) -> None:
-    """torch.compile (on CPU here; CUDA graphs on CUDA) changes how the step runs, not what it
-    computes: the same random draws, the same numbers up to rounding.
-
-    The tolerance follows from rounding, not from one CPU. Compiled kernels fuse and reorder
-    sums, so each metric carries a relative error of about kappa * u, u the unit roundoff and
-    kappa its condition: KL_Y, the small difference of terms near log(10), alone contributes a
-    factor of about 300, and three training steps and a network's depth multiply it further
-    (measured: about 1e3 on an AMD CPU, twice that on an Intel one). In float32 (u = 6e-8) that
-    is 1e-4, which no tolerance can separate from a real difference with confidence; in float64
-    (u = 1.1e-16) even kappa = 1e6 stays below 1e-10, while another random draw or a skipped
-    BatchNorm update changes these metrics by more than 1e-3. So both run in float64 and must
-    agree to 1e-8."""
-    cfg = tiny_config(model, epochs=1, steps_per_epoch=3)
-    histories = {}
-    for compiled in (False, True):
-        out = tmp_path / f"compiled_{compiled}.h5"
-        train(cfg, small_mnist, small_split, out, torch.device("cpu"), log=lambda *a, **k: None,
-              compiled=compiled)  # fmt: skip
-        assert runfile.read_attrs(out)["compiled_step"] == compiled
-        histories[compiled] = runfile.read_history(out)
-    for split in ("train", "valid", "test"):
-        eager, compiled = histories[False][split], histories[True][split]
-        assert set(eager) == set(compiled)
-        for name in eager:
-            if name != "duration":
-                np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-8, err_msg=name)
-
-
 @pytest.mark.parametrize("flush", ["on", "off"])
 def test_cpu_training_flushes_subnormals_on_every_thread(flush: str) -> None:
     """Subnormal inputs stall CPU matmuls; ssvae-train's compute options make them zero in the
     whole process, worker threads included (a fresh process: threads inherit it as they start)."""
     code = f"""
 import argparse, torch
-from ssvae import train
+from ssvae import compute
 options = argparse.Namespace(device="cpu", threads=2, compile="off", tf32="off",
                              flush_subnormals="{flush}")
-train.apply_compute_options(options)
+compute.apply_compute_options(options)
 x = torch.full((1024, 1024), 3e-39)  # float32 subnormals, in chunks over both threads
 elementwise = torch.count_nonzero(x * 0.5)
 matmul = torch.count_nonzero(torch.mm(x, torch.eye(1024)))

@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssvae import train
+from ssvae import compute, train
 from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
@@ -70,18 +70,18 @@ def load_images(data_path: Path, cfg: TrainConfig, device: torch.device) -> trai
     return train.load_images(data_path, split, device)
 
 
-def step_flops(model, optimizer, objective_fn, images, cfg: TrainConfig) -> int:
+def step_flops(model, optimizer, images, cfg: TrainConfig) -> int:
     """Matmul FLOPs of one training step: the forward pass and its backward pass."""
     index = torch.arange(cfg.batch_size, device=images.train_x.device)
     coefficients = train.annealing_coefficients(0, cfg, images.train_x.device)[-1]
+    step_fn = train.training_step(model, images, compiled=False)
     with FlopCounterMode(display=False) as counter:
-        objective, _ = objective_fn(index, coefficients)
-        objective.backward()
+        step_fn(index, coefficients)
     optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def time_steps(model, optimizer, objective_fn, images, cfg: TrainConfig, n_steps: int) -> float:
+def time_steps(model, optimizer, step_fn, images, cfg: TrainConfig, n_steps: int) -> float:
     """Seconds for n_steps training steps, across epoch boundaries as training crosses them."""
     device = images.train_x.device
     done, epoch = 0, 0
@@ -93,7 +93,7 @@ def time_steps(model, optimizer, objective_fn, images, cfg: TrainConfig, n_steps
         train.train_steps(
             model,
             optimizer,
-            objective_fn,
+            step_fn,
             images,
             cfg,
             progress,
@@ -105,7 +105,7 @@ def time_steps(model, optimizer, objective_fn, images, cfg: TrainConfig, n_steps
     return time.perf_counter() - started
 
 
-def subnormal_shares(model, optimizer, objective_fn, images, cfg: TrainConfig) -> dict:
+def subnormal_shares(model, optimizer, step_fn, images, cfg: TrainConfig) -> dict:
     """The share of subnormal values in what one training step touches: every Linear's input
     (the matmuls), the gradients and Adam's moments. The five largest of the inputs and the
     five largest of the rest, by name."""
@@ -123,7 +123,7 @@ def subnormal_shares(model, optimizer, objective_fn, images, cfg: TrainConfig) -
         if isinstance(module, torch.nn.Linear)
     ]
     try:
-        time_steps(model, optimizer, objective_fn, images, cfg, 1)
+        time_steps(model, optimizer, step_fn, images, cfg, 1)
     finally:
         for hook in hooks:
             hook.remove()
@@ -156,21 +156,20 @@ def bench_run(
     warmup_steps: int,
     steps: int,
     late_after: int = 0,
+    log=print,
 ) -> dict:
     """Time the step from a fresh start and, with `late_after`, again once training has run that
     many steps on real MNIST: late states hold values a fresh one does not (subnormal floats)."""
     torch.manual_seed(cfg.seed)
     images = load_images(data_path, cfg, device)
     model, optimizer = train.build_training(cfg, device)
-    flops = step_flops(
-        model, optimizer, train.objective_function(model, images, False), images, cfg
-    )
-    objective_fn = train.objective_function(model, images, compiled)
-    warmup_seconds = time_steps(model, optimizer, objective_fn, images, cfg, warmup_steps)
+    flops = step_flops(model, optimizer, images, cfg)
+    step_fn = train.training_step(model, images, compiled, log)
+    warmup_seconds = time_steps(model, optimizer, step_fn, images, cfg, warmup_steps)
     # The median of several windows: on a shared machine a few seconds can run slow.
     per_window = max(1, steps // WINDOWS)
     window_seconds = [
-        time_steps(model, optimizer, objective_fn, images, cfg, per_window) for _ in range(WINDOWS)
+        time_steps(model, optimizer, step_fn, images, cfg, per_window) for _ in range(WINDOWS)
     ]
     eval_seconds = time_evaluation(model, images, cfg)
     steps_per_s = per_window / statistics.median(window_seconds)
@@ -178,16 +177,15 @@ def bench_run(
     late = {}
     trained = warmup_steps + per_window * WINDOWS
     if late_after > trained:
-        time_steps(model, optimizer, objective_fn, images, cfg, late_after - trained)
+        time_steps(model, optimizer, step_fn, images, cfg, late_after - trained)
         late_seconds = [
-            time_steps(model, optimizer, objective_fn, images, cfg, per_window)
-            for _ in range(WINDOWS)
+            time_steps(model, optimizer, step_fn, images, cfg, per_window) for _ in range(WINDOWS)
         ]
         late = {
             "late_after_steps": late_after,
             "late_window_ms_per_step": [1000 * s / per_window for s in late_seconds],
             "late_ms_per_step": 1000 * statistics.median(late_seconds) / per_window,
-            "late_subnormal_shares": subnormal_shares(model, optimizer, objective_fn, images, cfg),
+            "late_subnormal_shares": subnormal_shares(model, optimizer, step_fn, images, cfg),
         }
     return late | {
         "model": cfg.model,
@@ -383,7 +381,7 @@ def parse_args(argv):
         default=Path("results/data/mnist.npz"),
         help="prepared MNIST arrays, as the workflow writes them",
     )
-    train.add_compute_options(parser)
+    compute.add_compute_options(parser)
     parser.add_argument(
         "--warmup-steps", type=int, default=20, help="untimed steps first (compiling included)"
     )
@@ -435,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
             f"snakemake --cores 1 {args.data}"
         )
     with exit_on_user_error("ssvae.bench"):
-        device, compiled = train.apply_compute_options(args)
+        device, compiled = compute.apply_compute_options(args)
         config = yaml.safe_load(args.config.read_text())
         runs = args.runs or config["compare"]
         configs = {run: run_settings(config, run, seed=1) for run in runs}

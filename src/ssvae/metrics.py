@@ -5,7 +5,8 @@ The aggregated HDF5 file holds four tables, each a group with one dataset per co
     /table   run, seed, split, epoch, metric, value   (one row per logged value)
     /runs    run, label, model, order, palette_index, seeds_configured
                                       (the runs the config names, in its order)
-    /seeds   run, seed, status, device, wall_seconds  (one row per run file)
+    /seeds   run, seed, status, device, torch_version, cuda_version, step, wall_seconds
+                                      (one row per run file; step: how the training step ran)
     /z_kl    run, seed, epoch, kl                     (kl: (rows, z dimensions), the KL of each
                                       z dimension averaged over the validation set)
 
@@ -28,7 +29,16 @@ from ssvae.io import read_hdf5, write_atomic
 
 TABLE_COLUMNS = ("run", "seed", "split", "epoch", "metric", "value")
 RUN_COLUMNS = ("run", "label", "model", "order", "palette_index", "seeds_configured")
-SEED_COLUMNS = ("run", "seed", "status", "device", "wall_seconds")
+SEED_COLUMNS = (
+    "run",
+    "seed",
+    "status",
+    "device",
+    "torch_version",
+    "cuda_version",
+    "step",
+    "wall_seconds",
+)
 Z_KL_COLUMNS = ("run", "seed", "epoch")
 
 
@@ -151,6 +161,9 @@ def seed_record(path: Path) -> dict:
         "seed": int(attrs["seed"]),
         "status": str(attrs["status"]),
         "device": str(attrs["device"]),
+        "torch_version": str(attrs["torch_version"]),
+        "cuda_version": str(attrs.get("cuda_version", "not recorded")),
+        "step": runfile.how_the_step_ran(attrs),
         "wall_seconds": float(attrs["wall_seconds"]),
     }
 

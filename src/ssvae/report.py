@@ -65,9 +65,21 @@ def read_reference(path: Path) -> pd.DataFrame:
     )
 
 
-def devices_line(seeds: pd.DataFrame) -> str:
-    counts = seeds.device.value_counts()
-    return "Trained on: " + ", ".join(f"{device} ({n} run files)" for device, n in counts.items())
+COMPUTATION_COLUMNS = ["device", "torch_version", "cuda_version", "step"]
+
+
+def computation_table(seeds: pd.DataFrame, labels: pd.Series) -> list[str]:
+    """How each run's seeds were computed: device, torch and CUDA versions, and how the training
+    step ran; one row per run and distinct combination, with its number of run files."""
+    lines = [
+        "| run | device | torch | CUDA | training step | run files |",
+        "|---|---|---|---|---|---:|",
+    ]
+    groups = seeds.groupby(["run", *COMPUTATION_COLUMNS], sort=False).size()
+    for (run, *computation), n in groups.items():
+        cells = [labels.get(run, run), *computation, n]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
 
 
 def results_table(metrics_path: Path, reference_path: Path, threshold: float) -> pd.DataFrame:
@@ -152,7 +164,11 @@ def ranking_lines(table: pd.DataFrame) -> list[str]:
 
 
 def render_markdown(
-    table: pd.DataFrame, devices: str, figures: list[Path], report_dir: Path, threshold: float
+    table: pd.DataFrame,
+    seeds: pd.DataFrame,
+    figures: list[Path],
+    report_dir: Path,
+    threshold: float,
 ) -> str:
     n_configured = table.seeds_configured.max()
     epochs = int(table.last_epoch.max())
@@ -171,7 +187,7 @@ def render_markdown(
             "column is no reproduction check.**",
             "",
         ]
-    lines += markdown_table(table) + ["", f"{devices}.", ""]
+    lines += markdown_table(table) + [""]
     lines += [line for text in ranking_lines(table) for line in (text, "")]
     lines += [
         "Definitions:",
@@ -184,6 +200,8 @@ def render_markdown(
         f"{threshold:g} nats at the last validation.",
         "",
     ]
+    lines += ["## How the runs were computed", ""]
+    lines += computation_table(seeds, table.set_index("run").label) + [""]
     by_section = {}
     for path in figures:
         by_section.setdefault(figure_section(path), []).append(path)
@@ -206,8 +224,8 @@ def write_report(
     out_csv: Path,
 ) -> None:
     table = results_table(metrics_path, reference_path, threshold)
-    devices = devices_line(metrics.read_seeds(metrics_path))
-    markdown = render_markdown(table, devices, figures, out_md.parent, threshold)
+    seeds = metrics.read_seeds(metrics_path)
+    markdown = render_markdown(table, seeds, figures, out_md.parent, threshold)
     write_atomic(out_csv, table.to_csv(index=False, float_format="%.6g").encode())
     write_atomic(out_md, (markdown + "\n").encode())
 

@@ -3,8 +3,12 @@
 Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested group):
 
     /                  attrs: run, model, seed, config (resolved settings as JSON),
-                       code_digest (sha256 of the training code), torch_version, device,
-                       compiled_step, tf32, n_params, ssvae_version, cpu_threads,
+                       code_digest (sha256 of the training code), torch_version,
+                       cuda_version ("none" for a CPU build of torch), device (the GPU's
+                       name on CUDA), compiled_step (compiling asked for), step_compiled,
+                       step_captured (the step ran compiled; as CUDA graphs),
+                       compile_fallback (why compiling failed, "" if it did not), tf32,
+                       n_params, ssvae_version, cpu_threads,
                        status (complete or diverged), wall_seconds (from start to this
                        write), finished_at
     /train/epoch       (n_epochs,)  one entry per training epoch, metrics are epoch means
@@ -106,3 +110,12 @@ def records(path: Path, attrs: dict) -> bool:
     return found.get("status") == "complete" and all(
         key in found and found[key] == value for key, value in attrs.items()
     )
+
+
+def how_the_step_ran(attrs: dict) -> str:
+    """eager, compiled, compiled as CUDA graphs, or eager after compiling failed."""
+    if "step_compiled" not in attrs:
+        return "not recorded"  # a run file written before ssvae recorded it
+    if attrs["step_compiled"]:
+        return "compiled, CUDA graphs" if attrs["step_captured"] else "compiled"
+    return "eager (compiling failed)" if attrs["compile_fallback"] else "eager"

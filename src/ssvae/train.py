@@ -5,9 +5,7 @@ every `eval_every` epochs (and after the last) the whole validation split is eva
 samples are drawn, and after the last epoch the test split is evaluated once.
 """
 
-import argparse
 import json
-import os
 import signal
 import threading
 import time
@@ -18,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch._inductor.config
 
 import ssvae
-from ssvae import checkpoint, data, runfile
+from ssvae import checkpoint, compute, data, runfile
 from ssvae.cli import entry_point_parser
 from ssvae.config import ConfigError, TrainConfig, settings_help
 from ssvae.errors import UserError, exit_on_user_error
@@ -42,54 +39,6 @@ class TrainingDiverged(UserError):
 def diverged_path(out_path: Path) -> Path:
     """Where a diverged run keeps its metrics (metrics.h5 -> metrics.diverged.h5)."""
     return out_path.with_name(f"{out_path.stem}.diverged{out_path.suffix}")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"device: {name!r} is not a torch device (auto, cpu or cuda[:N])"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r}, but this machine has no usable CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)"
-            )
-    return device
-
-
-def resolve_compile(choice: str, device: torch.device) -> bool:
-    """Whether to compile the step: "on", "off", or "auto", which compiles on CUDA only (where CUDA
-    graphs remove the per-kernel launch cost; on CPU inductor's kernels were slower here)."""
-    return choice == "on" or (choice == "auto" and device.type == "cuda")
-
-
-def set_tf32(allowed: bool) -> None:
-    """TF32 (10-bit mantissa) float32 matmuls on CUDA: faster on tensor cores, less exact."""
-    torch.backends.cuda.matmul.allow_tf32 = allowed
-    torch.backends.cudnn.allow_tf32 = allowed
-
-
-def flush_subnormals(device: torch.device, flush: bool) -> None:
-    """On CPU, make subnormal floats (float32 below ~1.2e-38) zero in every operation. Relaxed
-    one-hots such as softmax(3 (logits + g)) hold values like exp(-100), and CPUs that handle
-    subnormals in microcode run a matmul fed with them up to ten times slower. GPUs are not
-    slowed by them; there nothing changes."""
-    if device.type == "cpu":
-        torch.set_flush_denormal(flush)
-
-
-def use_threads(requested: int) -> int:
-    """Set torch's CPU threads to those requested (0: all), never more than the CPUs this process
-    may run on: oversubscribed cores slow every step."""
-    available = len(os.sched_getaffinity(0))
-    torch.set_num_threads(min(requested, available) if requested > 0 else available)
-    return torch.get_num_threads()
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
@@ -236,29 +185,6 @@ def build_training(cfg: TrainConfig, device: torch.device):
     return model, optimizer
 
 
-def objective_function(model, images: Images, compiled: bool):
-    """`step_objective` bound to the model: eager, or through torch.compile, which on CUDA also
-    captures it (forward and backward) as CUDA graphs and replays them."""
-
-    def objective_fn(unlabeled_index: torch.Tensor, coefficients: torch.Tensor):
-        return step_objective(model, images, unlabeled_index, coefficients)
-
-    if not compiled:
-        return objective_fn
-    # Random numbers from torch's own generator, as in eager mode, rather than inductor's: the
-    # compiled step then gives the eager step's numbers up to float rounding.
-    torch._inductor.config.fallback_random = True
-    on_cuda = images.train_x.device.type == "cuda"
-    compiled_fn = torch.compile(objective_fn, mode="reduce-overhead" if on_cuda else "default")
-
-    def step_of_compiled_fn(unlabeled_index, coefficients):
-        # A new training step: the graphs' outputs of the last step are no longer read.
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled_fn(unlabeled_index, coefficients)
-
-    return step_of_compiled_fn
-
-
 def annealing_coefficients(epoch: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
     """The coefficients of every step of an epoch, one row per step in `Annealing` field order,
     sent to the device once per epoch."""
@@ -270,13 +196,21 @@ def annealing_coefficients(epoch: int, cfg: TrainConfig, device: torch.device) -
     return torch.tensor(rows, dtype=torch.get_default_dtype(), device=device)
 
 
-def train_steps(model, optimizer, objective_fn, images: Images, cfg: TrainConfig,
-                progress: EpochProgress, stop) -> bool:  # fmt: skip
-    """Run the rest of an epoch's steps, or until `stop()` says to halt at a step boundary;
-    True when the epoch is complete. No host sync per step: `stop` reads a Python flag.
+def training_step(model, images: Images, compiled: bool, log=print) -> compute.TrainingStep:
+    """The forward and backward pass of a step, `step(unlabeled_index, coefficients)`: eager, or
+    compiled (CUDA graphs on CUDA) with a fallback to eager if compiling fails."""
 
-    `objective_fn(unlabeled_index, coefficients)` is `step_objective` bound to the model, eager
-    or compiled."""
+    def forward(unlabeled_index: torch.Tensor, coefficients: torch.Tensor):
+        return step_objective(model, images, unlabeled_index, coefficients)
+
+    on_cuda = images.train_x.device.type == "cuda"
+    return compute.TrainingStep(forward, model, compiled, on_cuda, log)
+
+
+def train_steps(model, optimizer, step_fn: compute.TrainingStep, images: Images,
+                cfg: TrainConfig, progress: EpochProgress, stop) -> bool:  # fmt: skip
+    """Run the rest of an epoch's steps, or until `stop()` says to halt at a step boundary;
+    True when the epoch is complete. No host sync per step: `stop` reads a Python flag."""
     model.train()
     params = list(model.parameters())
     max_grad_norm = cfg.grad_norm_per_1000 * sum(p.numel() for p in params) / 1000
@@ -288,11 +222,10 @@ def train_steps(model, optimizer, objective_fn, images: Images, cfg: TrainConfig
         i = progress.steps_done
         step = progress.epoch * cfg.steps_per_epoch + i + 1
         unlabeled_index = progress.order[i * batch : (i + 1) * batch]
-        model_objective, metrics = objective_fn(unlabeled_index, coefficients[i])
         optimizer.zero_grad(set_to_none=True)
-        model_objective.backward()
+        model_objective, metrics = step_fn(unlabeled_index, coefficients[i])
         param_norm = add_l2_term(params, cfg.l2)
-        objective = model_objective.detach() + cfg.l2 * param_norm.square()
+        objective = model_objective + cfg.l2 * param_norm.square()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
         optimizer.step()
 
@@ -355,8 +288,8 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
     computation = {
         "config": json.loads(cfg.to_json()),
         "code_digest": expected["code"],
-        "torch_version": str(torch.__version__),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        **compute.versions(),
+        "device": compute.device_name(device),
         "compiled_step": compiled,
         "tf32": torch.backends.cuda.matmul.allow_tf32,
     }
@@ -381,7 +314,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
         )
     model, optimizer = build_training(cfg, device)
     n_params = sum(p.numel() for p in model.parameters())
-    objective_fn = objective_function(model, images, compiled)
+    step_fn = training_step(model, images, compiled, log)
     log(
         f"{cfg.run} seed {cfg.seed}: {cfg.model}, {n_params:,} parameters, device {device}, "
         f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step "
@@ -415,6 +348,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "model": cfg.model,
             "seed": cfg.seed,
             **computation,
+            **step_fn.how_it_ran(),
             "n_params": n_params,
             "ssvae_version": ssvae.__version__,
             "cpu_threads": torch.get_num_threads(),
@@ -444,7 +378,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             progress = EpochProgress.start(epoch, images)
-        if not train_steps(model, optimizer, objective_fn, images, cfg, progress, stop):
+        if not train_steps(model, optimizer, step_fn, images, cfg, progress, stop):
             if checkpoint_path is None:
                 raise Preempted(f"stopped at epoch {epoch}, step {progress.steps_done}")
             save_checkpoint(epoch)
@@ -511,52 +445,6 @@ def _append(store: dict, epoch: int, values: dict) -> None:
         store[name].append(value)
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
-
-
-def add_compute_options(parser: argparse.ArgumentParser) -> None:
-    """Where and how the step runs: the options ssvae-train and ssvae.bench share."""
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]"
-    )
-    parser.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=0,
-        help="CPU threads, at most those available (0: all)",
-    )
-    parser.add_argument(
-        "--compile",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="run the step through torch.compile, with CUDA graphs on CUDA (auto: on CUDA only)",
-    )
-    parser.add_argument(
-        "--tf32", choices=("on", "off"), default="off", help="allow TF32 matmuls on CUDA"
-    )
-    parser.add_argument(
-        "--flush-subnormals",
-        choices=("on", "off"),
-        default="on",
-        help="on CPU, treat floats below ~1.2e-38 as 0 (subnormals stall CPU matmuls)",
-    )
-
-
-def apply_compute_options(args: argparse.Namespace) -> tuple[torch.device, bool]:
-    """Set the threads, subnormal flushing and TF32 as asked; the device, and whether to compile
-    the step."""
-    device = pick_device(args.device)
-    # Before the threads: torch's CPU worker threads inherit the setting when they start.
-    flush_subnormals(device, args.flush_subnormals == "on")
-    use_threads(args.threads)
-    set_tf32(args.tf32 == "on")
-    return device, resolve_compile(args.compile, device)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = entry_point_parser(
         "ssvae-train", "Train one (run, seed) and write its metrics HDF5 file.", settings_help()
@@ -569,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON object of TrainConfig settings (run, model, seed, ...)",
     )
     parser.add_argument("--out", type=Path, required=True, help="metrics .h5 to write")
-    add_compute_options(parser)
+    compute.add_compute_options(parser)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -591,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = TrainConfig.from_dict(json.loads(args.run_config))
         except json.JSONDecodeError as err:
             raise ConfigError(f"--run-config is not valid JSON ({err})") from None
-        device, compiled = apply_compute_options(args)
+        device, compiled = compute.apply_compute_options(args)
         stop = stop_on_signals()
         train(
             cfg,
