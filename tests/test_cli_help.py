@@ -3,23 +3,28 @@ options depend on said where it matters."""
 
 import argparse
 import dataclasses
+import importlib
+import tomllib
 
 import pytest
+from workflow_helpers import REPO
 
-from ssvae import bench, data, metrics, plots, report, splits, train
+from ssvae import bench, plots, train
 from ssvae.config import TrainConfig
 from ssvae.models import MODELS
 
-ENTRY_POINTS = {
-    "ssvae-fetch-mnist": data.fetch_main,
-    "ssvae-prepare-mnist": data.prepare_main,
-    "ssvae-split": splits.main,
-    "ssvae-train": train.main,
-    "ssvae-metrics": metrics.main,
-    "ssvae-plot": plots.main,
-    "ssvae-report": report.main,
-    "python -m ssvae.bench": bench.main,
-}
+
+def console_scripts() -> dict:
+    """Every console script pyproject.toml installs, by name, and the function it calls."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    found = {}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        found[name] = getattr(importlib.import_module(module), function)
+    return found
+
+
+ENTRY_POINTS = console_scripts() | {"python -m ssvae.bench": bench.main}
 
 
 class Parsed(Exception):

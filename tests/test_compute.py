@@ -28,22 +28,13 @@ def short_config(model: str, **overrides) -> TrainConfig:
     )
 
 
-@pytest.fixture
-def fresh_dynamo():
-    """Compile from scratch: dynamo caches compiled code per function and stops compiling (runs
-    eagerly, with a warning) past a number of recompilations."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def quiet(*args, **kwargs) -> None:
     pass
 
 
 @pytest.mark.parametrize("model", ["MLP", "ApproxM2"])
 def test_compiled_step_gives_the_eager_numbers(
-    model: str, small_mnist: Path, small_split: Path, tmp_path: Path, float64_default, fresh_dynamo
+    model: str, small_mnist: Path, small_split: Path, tmp_path: Path, float64_default
 ) -> None:
     """torch.compile (on CPU here; CUDA graphs on CUDA) changes how the step runs, not what it
     computes: the same random draws, the same numbers up to rounding.
@@ -116,7 +107,7 @@ def replay_steps(cfg: TrainConfig, data: Path, split: Path, compiled: bool, monk
 
 @pytest.mark.parametrize("model", ["GumbelSoftmaxM2", "ApproxM2"])
 def test_compiled_step_draws_what_the_eager_step_draws(
-    model: str, small_mnist, small_split, float64_default, fresh_dynamo, monkeypatch
+    model: str, small_mnist, small_split, float64_default, monkeypatch
 ) -> None:
     """Step by step, compiled against eager: each random tensor (the random ops are torch's own,
     so their values are exact), each BatchNorm running mean, variance and batch count (rounding
@@ -160,7 +151,7 @@ def failing_after_running(graph, example_inputs):
 
 @pytest.mark.parametrize("backend", [failing_at_compile, failing_after_running])
 def test_a_step_that_fails_to_compile_trains_eagerly(
-    backend, small_mnist, small_split, tmp_path, fresh_dynamo, monkeypatch
+    backend, small_mnist, small_split, tmp_path, monkeypatch
 ) -> None:
     """One log line saying why, then the eager run's numbers exactly: whatever the failed call
     drew or updated is put back first."""

@@ -127,6 +127,9 @@ def compile_forward(forward, on_cuda: bool):
     # Random numbers from torch's own generator, as in eager mode, rather than inductor's: the
     # compiled step then gives the eager step's numbers up to float rounding.
     torch._inductor.config.fallback_random = True
+    # Forget steps compiled for other models in this process (the benchmark, tests): past a few
+    # recompilations of one function dynamo stops compiling it and runs it eagerly, silently.
+    torch._dynamo.reset()
     compiled = torch.compile(forward, mode="reduce-overhead" if on_cuda else "default")
 
     def compiled_forward(*args):
