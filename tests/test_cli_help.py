@@ -9,7 +9,7 @@ import tomllib
 import pytest
 from workflow_helpers import REPO
 
-from ssvae import bench, plots, train
+from ssvae import bench, figures, plots, train
 from ssvae.config import TrainConfig
 from ssvae.models import MODELS
 
@@ -65,12 +65,13 @@ def test_train_help_lists_the_run_config_keys(monkeypatch) -> None:
 def test_plot_help_says_what_each_figure_needs(monkeypatch) -> None:
     lines = parser_of(plots.main, monkeypatch).format_help().splitlines()
     needs = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ") and
-             line.split()[0] in plots.FIGURES}  # fmt: skip
+             line.split()[0] in figures.BY_STEM}  # fmt: skip
     assert needs == {
-        "accuracy": ["--metrics"],
-        "accuracy-loss": ["--metrics"],
-        "active-dims": ["--metrics", "--threshold"],
+        "multi_seed_accuracy": ["--metrics"],
+        "multi_seed_accuracy_loss_valid": ["--metrics"],
+        "multi_seed_accuracy_loss_train": ["--metrics"],
+        "active_dims": ["--metrics", "--threshold"],
         "samples": ["--run-file", "--label"],
-        "kl-z": ["--run-file", "--label"],
-        "kl-z-mean": ["--run-file", "--label"],
+        "KL_Z": ["--run-file", "--label"],
+        "KL_Z_valid_mean": ["--run-file", "--label"],
     }

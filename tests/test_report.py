@@ -141,7 +141,7 @@ def test_report_cli_refuses_an_unknown_figure_and_writes_nothing(
     result = report_cli(run_console_script, synthetic, reference, out, mystery)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        "ssvae-report: error: figure mystery.png: no report section takes it"
+        "ssvae-report: error: figure mystery.png: not a figure of the comparison"
     )
     assert not (out / "report.md").exists() and not (out / "report.csv").exists()
 

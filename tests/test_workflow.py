@@ -5,6 +5,7 @@ import shlex
 import signal
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,8 @@ from workflow_helpers import (
     copy_workflow,
     run_file,
 )
+
+from ssvae.figures import BY_STEM, FIGURES
 
 HANG_GUARD_S = 1200  # a stuck snakemake fails the test instead of stalling CI
 
@@ -92,6 +95,23 @@ def test_report_embeds_every_figure_and_matches_the_summary(built: Path) -> None
     assert table.original_valid_accuracy.tolist() == [0.942, 0.771]
     assert table.seeds_complete.tolist() == [2, 2]
     assert (table.wall_seconds_mean > 0).all()
+
+
+def test_snakemake_report_holds_every_figure_by_category(built: Path, mnist_dir: Path) -> None:
+    """snakemake --report: each figure and table, in the figure table's categories, with the
+    run as subcategory of per-run figures."""
+    snakemake(built, mnist_dir, "--report", "results/snakemake_report.zip")
+    with zipfile.ZipFile(built / "results/snakemake_report.zip") as archive:
+        names = archive.namelist()
+        held = {Path(name).name for name in names if "/data/raw/" in name}
+        (page,) = [name for name in names if name.count("/") == 1 and name.endswith(".html")]
+        html = archive.read(page).decode()
+    plots = {p.name for p in (built / "results/plots").glob("*.png")}
+    assert held == plots | {"report.md", "report.csv", "summary.csv"}
+    for category in {figure.category for figure in FIGURES}:
+        assert category in html
+    assert "ExactM2" in html  # the subcategory of ExactM2's per-run figures
+    assert BY_STEM["samples"].caption.split(":")[0] in html
 
 
 def test_second_run_does_nothing(built: Path, mnist_dir: Path) -> None:

@@ -68,7 +68,7 @@ def assert_smoke_outputs(built: Path) -> None:
         )
     assert png_size(built / "results/plots/active_dims.png") == (648, 432)
     # Per-run figures of seed 2 for the run with a decoder only.
-    assert png_size(built / "results/plots/samples_ExactM2_seed2.png") == (1152, 1152)
+    assert png_size(built / "results/plots/samples_ExactM2_seed2.png") == (839, 1428)
     for figure in ("KL_Z", "KL_Z_valid_mean"):
         assert png_size(built / f"results/plots/{figure}_ExactM2_seed2.png") == (1296, 360)
     assert not list((built / "results/plots").glob("*_MLP_seed*.png"))

@@ -9,9 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from ssvae import metrics, runfile  # noqa: E402
+from ssvae import figures, metrics, runfile  # noqa: E402
 from ssvae.cli import entry_point_parser  # noqa: E402
 from ssvae.errors import exit_on_user_error  # noqa: E402
 from ssvae.io import write_atomic  # noqa: E402
@@ -35,34 +35,40 @@ def run_colour(palette_index: int):
 
 def draw_seed_means(
     ax, table, runs, split, metric, *, higher_is_better, statistic="best", title=None
-) -> set:
+) -> tuple[set, list]:
     """One line per run, the mean over seeds, with a band of one standard deviation; legend
-    entries "{value} ({epochs}ep) {label}" sorted best first (spec 5.1, 5.2), where value is the
-    best epoch of the mean curve, or its last epoch for statistic="last". Returns the numbers of
-    seeds seen."""
-    best = max if higher_is_better else min
+    entries "{label}: {value} at epoch {epoch}" sorted best first (spec 5.1, 5.2), where value is
+    the best value of the mean curve, or its last value for statistic="last", as the legend's
+    title says (the original wrote "0.942 (300ep)", which reads as an epoch count). Returns the
+    numbers of seeds seen and the labels of the runs with no data."""
     digits = 3 if metric == "accuracy" else 1
-    entries, n_seeds = [], set()
+    entries, n_seeds, absent = [], set(), []
     for run in runs.itertuples():
         curves = metrics.seed_curves(table, run.run, split, metric)
         if curves.empty:
+            absent.append(run.label)
             continue
         colour = run_colour(run.palette_index)
         n_seeds.add(curves.shape[1])
         mean, std = curves.mean(axis=1), curves.std(axis=1, ddof=1)
-        value = best(mean) if statistic == "best" else mean.iloc[-1]
-        label = f"{value:.{digits}f} ({curves.index.max()}ep) {run.label}"
+        if statistic == "last":
+            epoch = mean.index[-1]
+        else:
+            epoch = mean.idxmax() if higher_is_better else mean.idxmin()
+        value = mean[epoch]
+        label = f"{run.label}: {value:.{digits}f} at epoch {epoch}"
         (line,) = ax.plot(mean.index, mean.to_numpy(), color=colour, label=label)
         if curves.shape[1] > 1:
-            ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.12, lw=0)
+            ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
         entries.append((value, line))
     entries.sort(key=lambda entry: -entry[0] if higher_is_better else entry[0])
-    location = "lower right" if higher_is_better else "upper left"
     # A framed legend stays readable where curves run under it.
     ax.legend(
         handles=[line for _, line in entries],
-        loc=location,
+        title=legend_title(statistic, higher_is_better),
+        loc="lower right" if higher_is_better else "upper right",
         fontsize=10,
+        title_fontsize=10,
         frameon=True,
         framealpha=0.85,
     )
@@ -72,23 +78,29 @@ def draw_seed_means(
     if metric == "accuracy":
         # The original's axis starts at 0.5; runs that never reach it (smoke runs) need the rest.
         ax.set_ylim(0.5 if entries and min(v for v, _ in entries) > 0.5 else 0.0, 1.0)
-    elif metric == "loss" and any(100 <= v <= 1000 for v, _ in entries):
-        ax.set_ylim(100, 1000)  # the original's loss axis; validation spikes fill the panel
-    return n_seeds
+    elif metric == "loss":
+        # The original fixed 100-1000, which cut ExactM2's early epochs (up to ~1,300) off and
+        # cannot hold the MLP's cross-entropy: a log axis shows every curve and its spikes.
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.set_ylabel("loss (log scale)")
+    return n_seeds, absent
 
 
-def _caption_seed_means(fig, n_seeds: set, legend: str) -> None:
+def legend_title(statistic: str, higher_is_better: bool) -> str:
+    if statistic == "last":
+        return "mean over seeds at the last epoch"
+    return f"{'highest' if higher_is_better else 'lowest'} value of the mean over seeds"
+
+
+def _caption_seed_means(fig, n_seeds: set, absent: list[str] = ()) -> None:
     seeds = "/".join(str(n) for n in sorted(n_seeds)) or "0"
-    fig.text(
-        0.01,
-        0.01,
-        f"line: mean over seeds ({seeds} per run); band: ± 1 std across seeds; legend: {legend}",
-        fontsize=8,
-        color="0.3",
-    )
-
-
-BEST_EPOCH = "best epoch of the mean curve (the original's statistic, reconstructed)"
+    text = f"line: mean over seeds ({seeds} per run); band: ± 1 standard deviation across seeds"
+    if absent:
+        text += f"\nnot drawn, having no latent space: {', '.join(absent)}"
+    fig.text(0.01, 0.012, text, fontsize=11, color="0.25", linespacing=1.3)
 
 
 def save(fig, out_path: Path) -> None:
@@ -102,9 +114,9 @@ def accuracy_figure(table, runs):
     """Validation accuracy of every run over epochs (spec 5.1), 648 x 432 px."""
     with plt.style.context(STYLE):
         fig, ax = plt.subplots(figsize=(9, 6), dpi=DPI)
-        n_seeds = draw_seed_means(ax, table, runs, "valid", "accuracy", higher_is_better=True)
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.14)
-        _caption_seed_means(fig, n_seeds, BEST_EPOCH)
+        n_seeds, _ = draw_seed_means(ax, table, runs, "valid", "accuracy", higher_is_better=True)
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.15)
+        _caption_seed_means(fig, n_seeds)
     return fig
 
 
@@ -112,10 +124,10 @@ def accuracy_loss_figure(table, runs, split: str):
     """Accuracy and loss of every run over epochs on one split (spec 5.2), 1296 x 432 px."""
     with plt.style.context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(18, 6), dpi=DPI)
-        n_seeds = draw_seed_means(left, table, runs, split, "accuracy", higher_is_better=True)
+        n_seeds, _ = draw_seed_means(left, table, runs, split, "accuracy", higher_is_better=True)
         draw_seed_means(right, table, runs, split, "loss", higher_is_better=False)
-        fig.subplots_adjust(left=0.04, right=0.99, top=0.93, bottom=0.14, wspace=0.12)
-        _caption_seed_means(fig, n_seeds, BEST_EPOCH)
+        fig.subplots_adjust(left=0.04, right=0.99, top=0.93, bottom=0.15, wspace=0.15)
+        _caption_seed_means(fig, n_seeds)
     return fig
 
 
@@ -125,7 +137,7 @@ def active_dims_figure(active, runs, threshold: float):
     with plt.style.context(STYLE):
         fig, ax = plt.subplots(figsize=(9, 6), dpi=DPI)
         title = f"valid active z dimensions (mean KL > {threshold:g} nats)"
-        n_seeds = draw_seed_means(
+        n_seeds, absent = draw_seed_means(
             ax,
             active,
             runs,
@@ -137,8 +149,8 @@ def active_dims_figure(active, runs, threshold: float):
         )
         ax.set_ylabel(f"active dimensions (of {Z_DIMENSIONS})")
         ax.set_ylim(0, Z_DIMENSIONS)
-        fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.14)
-        _caption_seed_means(fig, n_seeds, "the mean curve at its last epoch")
+        fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.19 if absent else 0.15)
+        _caption_seed_means(fig, n_seeds, absent)
     return fig
 
 
@@ -163,13 +175,31 @@ def sample_grid(samples: np.ndarray) -> np.ndarray:
     return grid
 
 
+SAMPLES_MARGINS = {"left": 48, "right": 16, "top": 64, "bottom": 16}  # pixels around the grid
+
+
 def samples_figure(samples: np.ndarray, epoch: int, label: str, seed: int):
-    """The decoder's Bernoulli means at one evaluation (spec 5.3), 1152 x 1152 px."""
-    fig = plt.figure(figsize=(16, 16), dpi=DPI)
-    ax = fig.add_axes((0.02, 0.01, 0.96, 0.93))
-    ax.imshow(sample_grid(samples), cmap="gray", vmin=0, vmax=255)
+    """The decoder's Bernoulli means at one evaluation (spec 5.3), one screen pixel per image
+    pixel: the canvas is the grid (775 x 1348 px) and its margins, each class block labelled
+    with its digit. (The original shrank the grid into 1152 x 1152, blurring each digit.)"""
+    grid = sample_grid(samples)
+    margin = SAMPLES_MARGINS
+    height = grid.shape[0] + margin["top"] + margin["bottom"]
+    width = grid.shape[1] + margin["left"] + margin["right"]
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes(
+        (margin["left"] / width, margin["bottom"] / height, grid.shape[1] / width,
+         grid.shape[0] / height)
+    )  # fmt: skip
+    # As RGB rather than through a colour map, whose 256-entry table shifts some grey levels.
+    ax.imshow(np.repeat(grid[..., None], 3, axis=2), interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"{label} seed={seed}\np(x)  (epoch {epoch})", fontsize=16)
+    block = BLOCK_ROWS * (SIDE + GAP) + BLOCK_GAP
+    for digit in range(len(grid) // block + 1):
+        ax.text(-12, digit * block + BLOCK_ROWS * (SIDE + GAP) / 2, str(digit), fontsize=20,
+                ha="right", va="center")  # fmt: skip
+    title = f"{figures.BY_STEM['samples'].title}: {label}, seed {seed}, epoch {epoch}"
+    fig.suptitle(title, fontsize=16, y=1 - 20 / height, va="center")
     return fig
 
 
@@ -181,13 +211,14 @@ def kl_heatmap_figure(kl_rows: np.ndarray, label: str, seed: int):
     """KL of each z dimension for the last 100 q(z|.) rows of every validation, one column per
     row, in the original's drawing (spec 5.4), 1296 x 360 px."""
     fig, ax = plt.subplots(figsize=(18, 5), dpi=DPI)
-    ax.pcolormesh(kl_rows.T, cmap="jet")
+    mesh = ax.pcolormesh(kl_rows.T, cmap="jet")
     ax.set_xlim(0, kl_rows.shape[0])
     ax.set_ylim(0, kl_rows.shape[1])
-    ax.set_xlabel("examples ordered by iteration #")
-    ax.set_ylabel("Z index")
-    ax.set_title(f"({label} seed={seed}, valid, p(x), KL)")
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.9, bottom=0.15)
+    ax.set_xlabel("q(z|x) rows of the last validation batches, in evaluation order")
+    ax.set_ylabel("z dimension")
+    ax.set_title(f"{figures.BY_STEM['KL_Z'].title}: {label}, seed {seed}")
+    fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.03).set_label("KL (nats)")
+    fig.subplots_adjust(left=0.04, right=0.97, top=0.9, bottom=0.15)
     return fig
 
 
@@ -203,8 +234,8 @@ def kl_mean_heatmap_figure(epochs: np.ndarray, kl_mean: np.ndarray, label: str, 
     ticks = np.arange(0, len(epochs), every)
     ax.set_xticks(ticks + 0.5, [str(epochs[i]) for i in ticks])
     ax.set_xlabel("epochs")
-    ax.set_ylabel("Z index")
-    ax.set_title(f"({label} seed={seed}, valid, p(x), KL averaged over the validation set)")
+    ax.set_ylabel("z dimension")
+    ax.set_title(f"{figures.BY_STEM['KL_Z_valid_mean'].title}: {label}, seed {seed}")
     fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.03).set_label("KL (nats)")
     fig.subplots_adjust(left=0.04, right=0.97, top=0.9, bottom=0.15)
     return fig
@@ -218,8 +249,11 @@ def _accuracy(args):
     return accuracy_figure(metrics.read_table(args.metrics), _runs(args))
 
 
-def _accuracy_loss(args):
-    return accuracy_loss_figure(metrics.read_table(args.metrics), _runs(args), args.split)
+def _accuracy_loss(split: str):
+    def draw(args):
+        return accuracy_loss_figure(metrics.read_table(args.metrics), _runs(args), split)
+
+    return draw
 
 
 def _active_dims(args):
@@ -247,15 +281,21 @@ def _kl_z_mean(args):
     return kl_mean_heatmap_figure(z_stats["epoch"], z_stats["kl_per_dim_mean"], args.label, seed)
 
 
-# Figure name -> (the options it needs, how to draw it).
-FIGURES = {
-    "accuracy": (("metrics",), _accuracy),
-    "accuracy-loss": (("metrics",), _accuracy_loss),
-    "active-dims": (("metrics", "threshold"), _active_dims),
-    "samples": (("run_file", "label"), _samples),
-    "kl-z": (("run_file", "label"), _kl_z),
-    "kl-z-mean": (("run_file", "label"), _kl_z_mean),
+# How each figure of ssvae.figures is drawn, by its stem.
+DRAW = {
+    "multi_seed_accuracy": _accuracy,
+    "multi_seed_accuracy_loss_valid": _accuracy_loss("valid"),
+    "multi_seed_accuracy_loss_train": _accuracy_loss("train"),
+    "active_dims": _active_dims,
+    "samples": _samples,
+    "KL_Z": _kl_z,
+    "KL_Z_valid_mean": _kl_z_mean,
 }
+
+
+def needs(figure: figures.Figure) -> list[str]:
+    """The options a figure needs besides --out: its source, then its own."""
+    return ["metrics" if figure.source == "metrics" else "run_file", *figure.options]
 
 
 def _option(name: str) -> str:
@@ -264,31 +304,28 @@ def _option(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     needed = "\n".join(
-        f"  {figure:<14} {' '.join(map(_option, needs))}" for figure, (needs, _) in FIGURES.items()
+        f"  {figure.stem:<32} {' '.join(map(_option, needs(figure)))}" for figure in figures.FIGURES
     )
     parser = entry_point_parser(
         "ssvae-plot",
         "Render a figure from the aggregated metrics or from one run's file.",
-        epilog=f"each figure needs, besides --out:\n{needed}\n(accuracy-loss also takes --split)",
+        epilog=f"each figure needs, besides --out:\n{needed}",
     )
-    parser.add_argument("figure", choices=list(FIGURES), help="the figure to draw")
+    parser.add_argument("figure", choices=list(figures.BY_STEM), help="the figure to draw")
     parser.add_argument("--metrics", type=Path, help="aggregated metrics .h5 (comparison figures)")
-    parser.add_argument(
-        "--split", choices=["train", "valid"], default="valid", help="accuracy-loss: the split"
-    )
     parser.add_argument(
         "--threshold", type=float, help="KL in nats above which a z dimension counts as active"
     )
-    parser.add_argument("--run-file", type=Path, help="one run's metrics .h5 (single-run figures)")
-    parser.add_argument("--label", help="the run's label in titles (single-run figures)")
+    parser.add_argument("--run-file", type=Path, help="one run's metrics .h5 (per-run figures)")
+    parser.add_argument("--label", help="the run's label in titles (per-run figures)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
-    needs, draw = FIGURES[args.figure]
-    missing = [name for name in needs if getattr(args, name) is None]
+    figure = figures.BY_STEM[args.figure]
+    missing = [name for name in needs(figure) if getattr(args, name) is None]
     if missing:
         parser.error(f"figure {args.figure} needs {_option(missing[0])}")
     if args.threshold is not None and args.threshold < 0:
         parser.error(f"--threshold must be at least 0, not {args.threshold}")
     with exit_on_user_error("ssvae-plot"):
-        save(draw(args), args.out)
+        save(DRAW[args.figure](args), args.out)
     print(f"wrote {args.out}")

@@ -11,44 +11,8 @@ import pandas as pd
 from ssvae import metrics
 from ssvae.cli import entry_point_parser
 from ssvae.errors import InputError, exit_on_user_error
+from ssvae.figures import FIGURES, figure_of
 from ssvae.io import write_atomic
-
-# Figures by file-name prefix, in the report's order: section title and what the figure shows.
-FIGURE_SECTIONS = {
-    "multi_seed_accuracy": ("Validation accuracy", "validation accuracy of every run (spec 5.1)"),
-    "multi_seed_accuracy_loss_valid": (
-        "Validation accuracy and loss",
-        "accuracy and loss on the 10,000 validation images (spec 5.2)",
-    ),
-    "multi_seed_accuracy_loss_train": (
-        "Training accuracy and loss",
-        "accuracy on the labeled minibatches and loss, per training epoch (spec 5.2)",
-    ),
-    "active_dims": (
-        "Active latent dimensions",
-        "z dimensions whose validation-mean KL stays above the threshold (beyond the original)",
-    ),
-    "samples": (
-        "Decoder samples",
-        "decoder means at the last evaluation, 100 per class, classes 0 to 9 downwards (spec 5.3)",
-    ),
-    "KL_Z": (
-        "KL per latent dimension, last validation batch",
-        "one column per q(z|.) row of the last 100 rows of every validation (spec 5.4)",
-    ),
-    "KL_Z_valid_mean": (
-        "KL per latent dimension, averaged over the validation set",
-        "one column per validation, averaged over all 10,000 images (beyond the original)",
-    ),
-}
-
-
-def figure_section(path: Path) -> str:
-    """The section of a figure: the longest prefix its name starts with."""
-    for prefix in sorted(FIGURE_SECTIONS, key=len, reverse=True):
-        if path.name.startswith(prefix):
-            return prefix
-    raise InputError(f"figure {path.name}: no report section takes it")
 
 
 def read_reference(path: Path) -> pd.DataFrame:
@@ -166,7 +130,7 @@ def ranking_lines(table: pd.DataFrame) -> list[str]:
 def render_markdown(
     table: pd.DataFrame,
     seeds: pd.DataFrame,
-    figures: list[Path],
+    figure_paths: list[Path],
     report_dir: Path,
     threshold: float,
 ) -> str:
@@ -202,14 +166,18 @@ def render_markdown(
     ]
     lines += ["## How the runs were computed", ""]
     lines += computation_table(seeds, table.set_index("run").label) + [""]
-    by_section = {}
-    for path in figures:
-        by_section.setdefault(figure_section(path), []).append(path)
-    for prefix, (title, caption) in FIGURE_SECTIONS.items():
-        if prefix not in by_section:
+    by_figure = {}
+    for path in figure_paths:
+        try:
+            figure = figure_of(path.name)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        by_figure.setdefault(figure, []).append(path)
+    for figure in FIGURES:
+        if figure not in by_figure:
             continue
-        lines += [f"## {title}", "", f"{caption[0].upper()}{caption[1:]}.", ""]
-        for path in by_section[prefix]:
+        lines += [f"## {figure.title}", "", figure.caption, ""]
+        for path in by_figure[figure]:
             relative = Path(os.path.relpath(path, report_dir)).as_posix()
             lines += [f"![{path.stem}]({relative})", ""]
     return "\n".join(lines)

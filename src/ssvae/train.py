@@ -66,7 +66,7 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int)
     last_unlabeled = None
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        x_unlabeled = binarize(x) if model.uses_unlabeled else None
+        x_unlabeled = binarize(x) if model.has_decoder else None
         result = model(x_unlabeled, binarize(x), y, Annealing())
         for name, value in result.metrics.items():
             sums[name] = sums[name] + value * len(x)
@@ -154,7 +154,7 @@ def step_objective(model, images: Images, unlabeled_index: torch.Tensor,
     """One step's batch, drawn and binarised on the device, and the model's objective and metrics
     on it: everything of a step before the backward pass, which a compiled step captures."""
     x_unlabeled = None
-    if model.uses_unlabeled:  # a fresh permutation of the unlabeled set every epoch
+    if model.has_decoder:  # it learns from the unlabeled images too, in a fresh order each epoch
         x_unlabeled = binarize(images.train_x[unlabeled_index])
     labeled_x, labeled_y = images.labeled_x, images.labeled_y
     pick = torch.randint(len(labeled_x), unlabeled_index.shape, device=labeled_x.device)
@@ -387,7 +387,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
                 f"{checkpoint_path}, rerun to resume"
             )
         try:
-            metrics = epoch_means(progress, cfg, model.uses_unlabeled)
+            metrics = epoch_means(progress, cfg, model.has_decoder)
         except TrainingDiverged as err:
             # Snakemake deletes a failed job's output, so what was computed goes beside it.
             kept = diverged_path(out_path)
@@ -411,7 +411,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             _append(history["valid"], epoch, valid_metrics)
             line += f"  valid loss {valid_metrics['loss']:9.2f}"
             line += f"  acc {valid_metrics['accuracy']:.4f}"
-            if isinstance(model, SemiSupervisedVAE):
+            if model.has_decoder:
                 _append(extras["z_stats"], epoch, z_stats)
                 _append(extras["samples"], epoch, {"p(x)": decoder_samples(model, device)})
         if last_epoch:

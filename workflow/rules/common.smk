@@ -11,6 +11,8 @@ from snakemake.exceptions import WorkflowError
 from ssvae.checkpoint import finished_copy_path
 from ssvae.config import ConfigError, run_settings
 from ssvae.data import N_TRAIN
+from ssvae.figures import BY_STEM, FIGURES, comparison_path, per_run_path
+from ssvae.models import MODELS
 
 MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
@@ -18,14 +20,6 @@ RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
 CHECKPOINT_FILE = "results/runs/{run}/seed{seed}/checkpoint.pt"
 # The original's 10-seed numbers per run label (docs/original.md, section 8).
 REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
-# Per-run figures of one seed, by file-name prefix, and the ssvae-plot figure that draws each.
-SINGLE_SEED_FIGURES = {
-    "samples": "samples",
-    "KL_Z": "kl-z",
-    "KL_Z_valid_mean": "kl-z-mean",
-}
-# Models without a decoder have no samples or z statistics to draw (the package's MLP).
-MODELS_WITHOUT_DECODER = {"MLP"}
 # Source files whose edits must re-render what they produce (and nothing upstream).
 PACKAGE_DIR = Path(workflow.basedir).parent / "src" / "ssvae"
 
@@ -190,32 +184,44 @@ def figure_seed():
     return 2 if 2 in config["seeds"] else config["seeds"][0]
 
 
-def single_seed_figures():
-    """Samples grid and the two KL heatmaps of every run that has a decoder."""
-    vae_runs = [
-        run
-        for run in run_ids()
-        if config["runs"][run]["model"] not in MODELS_WITHOUT_DECODER
-    ]
-    return expand(
-        "results/plots/{figure}_{run}_seed{seed}.png",
-        figure=SINGLE_SEED_FIGURES,
-        run=vae_runs,
-        seed=figure_seed(),
-    )
-
-
 def all_figures():
-    """Every figure of the comparison, in the order the report shows them."""
-    return [
-        "results/plots/multi_seed_accuracy.png",
-        *expand(
-            "results/plots/multi_seed_accuracy_loss_{split}.png",
-            split=["valid", "train"],
-        ),
-        "results/plots/active_dims.png",
-        *single_seed_figures(),
-    ]
+    """Every figure of the comparison, in the order of the figure table (the report's order):
+    the per-run figures for each compared run that has a decoder, of the figure seed."""
+    paths = []
+    for figure in FIGURES:
+        if not figure.per_run:
+            paths.append(comparison_path(figure.stem))
+            continue
+        for run in run_ids():
+            if MODELS[config["runs"][run]["model"]].has_decoder:
+                paths.append(per_run_path(figure.stem, run, figure_seed()))
+    return paths
+
+
+def figure_options(wildcards):
+    """The ssvae-plot options a figure needs besides its source."""
+    values = {
+        "threshold": lambda: config["active_kl_threshold"],
+        "label": lambda: shlex.quote(run_label(wildcards)),
+    }
+    figure = BY_STEM[wildcards.figure]
+    return " ".join(f"--{name} {values[name]()}" for name in figure.options)
+
+
+def figure_caption(wildcards):
+    return BY_STEM[wildcards.figure].caption
+
+
+def figure_category(wildcards):
+    return BY_STEM[wildcards.figure].category
+
+
+def figure_labels(wildcards):
+    """The columns snakemake's report shows for a figure."""
+    labels = {"figure": BY_STEM[wildcards.figure].title}
+    if "run" in wildcards.keys():
+        labels |= {"run": wildcards.run, "seed": wildcards.seed}
+    return labels
 
 
 def run_label(wildcards):

@@ -4,7 +4,11 @@ rule aggregate_metrics:
         code=[PACKAGE_DIR / "metrics.py", PACKAGE_DIR / "runfile.py"],
     output:
         h5="results/metrics/metrics.h5",
-        csv="results/metrics/summary.csv",
+        csv=report(
+            "results/metrics/summary.csv",
+            caption="../report/summary.rst",
+            category="Comparison",
+        ),
     log:
         "results/logs/aggregate_metrics.log",
     localrule: True

@@ -1,67 +1,46 @@
-rule plot_multi_seed_accuracy:
+rule plot_comparison:
     input:
         metrics="results/metrics/metrics.h5",
-        code=PACKAGE_DIR / "plots.py",
+        code=[PACKAGE_DIR / "plots.py", PACKAGE_DIR / "figures.py"],
     output:
-        png="results/plots/multi_seed_accuracy.png",
+        png=report(
+            comparison_path("{figure}"),
+            caption="../report/figure.rst",
+            category=figure_category,
+            labels=figure_labels,
+        ),
     log:
-        "results/logs/plots/multi_seed_accuracy.log",
-    localrule: True
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    shell:
-        "ssvae-plot accuracy --metrics {input.metrics:q} --out {output.png:q} > {log} 2>&1"
-
-
-rule plot_multi_seed_accuracy_loss:
-    input:
-        metrics="results/metrics/metrics.h5",
-        code=PACKAGE_DIR / "plots.py",
-    output:
-        png="results/plots/multi_seed_accuracy_loss_{split}.png",
-    log:
-        "results/logs/plots/multi_seed_accuracy_loss_{split}.log",
+        "results/logs/plots/{figure}.log",
     wildcard_constraints:
-        split="train|valid",
-    localrule: True
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    shell:
-        "ssvae-plot accuracy-loss --split {wildcards.split} --metrics {input.metrics:q} "
-        "--out {output.png:q} > {log} 2>&1"
-
-
-rule plot_active_dims:
-    input:
-        metrics="results/metrics/metrics.h5",
-        code=PACKAGE_DIR / "plots.py",
-    output:
-        png="results/plots/active_dims.png",
-    log:
-        "results/logs/plots/active_dims.log",
+        figure="|".join(figure.stem for figure in FIGURES if not figure.per_run),
     localrule: True
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        threshold=config["active_kl_threshold"],
+        options=figure_options,
+        caption=figure_caption,
     shell:
-        "ssvae-plot active-dims --threshold {params.threshold} --metrics {input.metrics:q} "
+        "ssvae-plot {wildcards.figure} --metrics {input.metrics:q} {params.options} "
         "--out {output.png:q} > {log} 2>&1"
 
 
-rule plot_single_seed:
+rule plot_per_run:
     input:
         run_file=RUN_FILE,
-        code=PACKAGE_DIR / "plots.py",
+        code=[PACKAGE_DIR / "plots.py", PACKAGE_DIR / "figures.py"],
     output:
-        png="results/plots/{figure}_{run}_seed{seed}.png",
+        png=report(
+            per_run_path("{figure}", "{run}", "{seed}"),
+            caption="../report/figure.rst",
+            category=figure_category,
+            subcategory="{run}",
+            labels=figure_labels,
+        ),
     log:
         "results/logs/plots/{figure}_{run}_seed{seed}.log",
     wildcard_constraints:
-        figure="|".join(SINGLE_SEED_FIGURES),
+        figure="|".join(figure.stem for figure in FIGURES if figure.per_run),
         run=run_id_pattern(),
         seed=r"\d+",
     localrule: True
@@ -69,8 +48,8 @@ rule plot_single_seed:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        kind=lambda wildcards: SINGLE_SEED_FIGURES[wildcards.figure],
-        label=run_label,
+        options=figure_options,
+        caption=figure_caption,
     shell:
-        "ssvae-plot {params.kind} --run-file {input.run_file:q} --label {params.label:q} "
+        "ssvae-plot {wildcards.figure} --run-file {input.run_file:q} {params.options} "
         "--out {output.png:q} > {log} 2>&1"

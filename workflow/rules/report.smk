@@ -3,10 +3,18 @@ rule report:
         metrics="results/metrics/metrics.h5",
         reference=REFERENCE_RESULTS,
         figures=all_figures(),
-        code=PACKAGE_DIR / "report.py",
+        code=[PACKAGE_DIR / "report.py", PACKAGE_DIR / "figures.py"],
     output:
-        md="results/report.md",
-        csv="results/report.csv",
+        md=report(
+            "results/report.md",
+            caption="../report/results_table.rst",
+            category="Comparison",
+        ),
+        csv=report(
+            "results/report.csv",
+            caption="../report/results_table.rst",
+            category="Comparison",
+        ),
     log:
         "results/logs/report.log",
     localrule: True

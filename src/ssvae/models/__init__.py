@@ -9,6 +9,8 @@ from ssvae.models.logistic_normal import LogisticNormal
 from ssvae.models.logistic_normal_m2 import LogisticNormalM2, STLogisticNormalM2
 from ssvae.models.mlp import MLP
 
+__all__ = ["MODELS", "Model", "SemiSupervisedVAE", "build_model"]
+
 MODELS: dict[str, type[Model]] = {
     model.__name__: model
     for model in (
@@ -30,7 +32,7 @@ def build_model(
 ) -> Model:
     cls = MODELS[name]
     settings = cls.resolve_params(params)
-    if issubclass(cls, SemiSupervisedVAE):
+    if cls.has_decoder:
         model = cls(input_dropout, classifier_weight, z_noise_std, **settings)
     else:
         model = cls(input_dropout, classifier_weight)

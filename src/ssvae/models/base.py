@@ -52,7 +52,9 @@ class StepResult:
 class Model(nn.Module):
     """A model of the comparison: the q(y|x) classifier, plus whatever it adds around it."""
 
-    uses_unlabeled = True
+    # A decoder p(x|y,z): the model learns from the unlabeled images too, and has samples and
+    # z statistics to show. The one place this trait is said.
+    has_decoder = False
     settings: dict[str, Setting] = {}
     # q(y|x) ends in one clipped logit head; LogisticNormal asks for two unclipped ones.
     classifier_outputs = 1
@@ -107,6 +109,8 @@ class SemiSupervisedVAE(Model):
     Subclasses say how the unlabeled path treats y (`unlabeled`); the labeled path below is the
     M2 family's (one-hot y), which LogisticNormal and LogGamma replace with their own.
     """
+
+    has_decoder = True
 
     def __init__(self, input_dropout: float, classifier_weight: float, z_noise_std: float):
         super().__init__(input_dropout, classifier_weight)

@@ -4,8 +4,6 @@ from ssvae.models.base import Model, StepResult
 
 
 class MLP(Model):
-    uses_unlabeled = False
-
     def forward(self, x_unlabeled, x_labeled, y_labeled, annealing) -> StepResult:
         # No annealing: the original's MLP has no annealing variables at all.
         ce, metrics = self.classifier_terms(x_labeled, y_labeled, annealing)

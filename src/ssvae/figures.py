@@ -1,0 +1,109 @@
+"""Every figure of the comparison, named once. ssvae-plot draws a figure by its stem, the
+workflow's rules build and list them from this table, and results/report.md and snakemake's
+HTML report take their titles, captions and categories from it. No plotting code is imported
+here: the workflow reads this table when it plans."""
+
+from dataclasses import dataclass
+
+PLOTS_DIR = "results/plots"
+
+
+@dataclass(frozen=True)
+class Figure:
+    stem: str  # the file name without .png; per-run figures add _{run}_seed{seed}
+    source: str  # "metrics": the aggregated metrics of every run; "run file": one run's file
+    title: str  # the report's section heading
+    caption: str  # one or two sentences: what is drawn, and how to read it
+    category: str  # the category of snakemake's report
+    options: tuple[str, ...] = ()  # ssvae-plot options it needs besides its source
+
+    @property
+    def per_run(self) -> bool:
+        return self.source == "run file"
+
+
+FIGURES = (
+    Figure(
+        "multi_seed_accuracy",
+        "metrics",
+        "Validation accuracy",
+        "Validation accuracy of every run over epochs (docs/original.md 5.1). Line: the mean "
+        "over seeds; band: ± 1 standard deviation across seeds. The legend ranks runs by the "
+        "best value of the mean curve, with the epoch it occurs at.",
+        "Comparison",
+    ),
+    Figure(
+        "multi_seed_accuracy_loss_valid",
+        "metrics",
+        "Validation accuracy and loss",
+        "Accuracy and loss on the 10,000 validation images (docs/original.md 5.2), log-scaled "
+        "loss axis. A VAE's loss is its negative bound on the unlabeled and the labeled images "
+        "plus the weighted classifier cross-entropy, per unlabeled image (nats); the MLP's is "
+        "its weighted classifier cross-entropy alone, not on the VAEs' scale. Band: ± 1 "
+        "standard deviation across seeds.",
+        "Comparison",
+    ),
+    Figure(
+        "multi_seed_accuracy_loss_train",
+        "metrics",
+        "Training accuracy and loss",
+        "Accuracy on the labeled minibatches and loss, averaged over each training epoch "
+        "(docs/original.md 5.2); the loss is as in the validation figure. Band: ± 1 standard "
+        "deviation across seeds.",
+        "Comparison",
+    ),
+    Figure(
+        "active_dims",
+        "metrics",
+        "Active latent dimensions",
+        "How many of the 50 z dimensions stay active (their KL, averaged over the validation "
+        "set, above the threshold) over epochs, per run with a latent space; the MLP has none "
+        "and is not drawn (beyond the original).",
+        "Latent statistics",
+        ("threshold",),
+    ),
+    Figure(
+        "samples",
+        "run file",
+        "Decoder samples",
+        "Decoder means p(x|y,z) at the last evaluation for z ~ N(0, I): one block of 100 per "
+        "class, classes 0 to 9 from top to bottom (docs/original.md 5.3).",
+        "Per run",
+        ("label",),
+    ),
+    Figure(
+        "KL_Z",
+        "run file",
+        "KL per latent dimension, last validation batch",
+        "KL of each z dimension for the last 100 q(z|.) rows of every validation, one column "
+        "per row, in evaluation order (docs/original.md 5.4).",
+        "Latent statistics",
+        ("label",),
+    ),
+    Figure(
+        "KL_Z_valid_mean",
+        "run file",
+        "KL per latent dimension, averaged over the validation set",
+        "KL of each z dimension averaged over all 10,000 validation images, one column per "
+        "validation (beyond the original, which drew one batch).",
+        "Latent statistics",
+        ("label",),
+    ),
+)
+BY_STEM = {figure.stem: figure for figure in FIGURES}
+
+
+def comparison_path(stem: str) -> str:
+    return f"{PLOTS_DIR}/{stem}.png"
+
+
+def per_run_path(stem: str, run: str, seed: int | str) -> str:
+    return f"{PLOTS_DIR}/{stem}_{run}_seed{seed}.png"
+
+
+def figure_of(file_name: str) -> Figure:
+    """The figure a PNG's file name belongs to: the longest stem it starts with."""
+    for stem in sorted(BY_STEM, key=len, reverse=True):
+        if file_name == f"{stem}.png" or file_name.startswith(f"{stem}_"):
+            return BY_STEM[stem]
+    raise ValueError(f"figure {file_name}: not a figure of the comparison")
