@@ -96,5 +96,5 @@ def synthetic_metrics(tmp_path: Path) -> Path:
     for seed, (valid, test) in NEW.items():
         files.append(write_run(tmp_path, "New", seed, valid, test, 9000.0, [4, 4, 4]))
     out = tmp_path / "results/metrics/metrics.h5"
-    metrics.aggregate(files, RUNS, out, out.with_name("summary.csv"))
+    metrics.aggregate(files, RUNS, out, out.with_name("summary.csv"), reference_run="ExactM2")
     return out

@@ -77,6 +77,53 @@ def test_report_table_has_the_known_numbers(synthetic: Path, reference: Path) ->
     assert new.active_dims_last_mean == 4.0
 
 
+# Student's t quantiles t(0.975; df) from a printed table, so the test does not share the code's
+# way of computing them.
+T_975 = {1: 12.7062, 2: 4.3027}
+
+
+def test_confidence_intervals_and_paired_differences_worked_by_hand(synthetic: Path) -> None:
+    """By hand from the synthetic runs. ExactM2's seeds 1-3 end at valid 0.88/0.90/0.92 and test
+    0.91/0.93/0.95; the MLP's seeds 1-2 at valid 0.74/0.72, test 0.70/0.72; the New run's seed
+    1 at valid 0.45. A t interval is mean ± t(0.975; n-1) s / sqrt(n)."""
+    summary = pd.read_csv(synthetic.with_name("summary.csv")).set_index("run")
+    exact, mlp, new = summary.loc["ExactM2"], summary.loc["MLP"], summary.loc["New"]
+    half = T_975[2] * 0.02 / math.sqrt(3)  # ExactM2: s = 0.02 for valid last, test and best
+    for column, mean in [("valid_accuracy_last", 0.90), ("test_accuracy", 0.93),
+                         ("valid_accuracy_best", 0.92)]:  # fmt: skip
+        assert exact[f"{column}_mean"] == pytest.approx(mean)
+        assert exact[f"{column}_ci_low"] == pytest.approx(mean - half, abs=1e-4)
+        assert exact[f"{column}_ci_high"] == pytest.approx(mean + half, abs=1e-4)
+    half = T_975[1] * 0.02 / math.sqrt(2) / math.sqrt(2)  # MLP valid last: s = 0.02 / sqrt(2)
+    assert (mlp.valid_accuracy_last_ci_low, mlp.valid_accuracy_last_ci_high) == pytest.approx(
+        (0.73 - half, 0.73 + half), abs=1e-4
+    )
+    # Paired with ExactM2 on seeds 1 and 2: valid differences -0.14 and -0.18, test -0.21 twice.
+    half = T_975[1] * 0.02 * math.sqrt(2) / math.sqrt(2)
+    assert mlp.valid_accuracy_last_diff_mean == pytest.approx(-0.16)
+    assert (mlp.valid_accuracy_last_diff_ci_low, mlp.valid_accuracy_last_diff_ci_high) == (
+        pytest.approx((-0.16 - half, -0.16 + half), abs=1e-4)
+    )
+    assert mlp.valid_accuracy_last_ahead_share == 0 and mlp.valid_accuracy_last_paired_seeds == 2
+    assert mlp.test_accuracy_diff_mean == pytest.approx(-0.21)
+    assert mlp.test_accuracy_diff_ci_low == pytest.approx(-0.21)
+    assert mlp.test_accuracy_diff_ci_high == pytest.approx(-0.21)
+    # The reference against itself; one seed gives a difference but no interval.
+    assert exact.valid_accuracy_last_diff_mean == 0 and exact.test_accuracy_ahead_share == 0
+    assert new.valid_accuracy_last_diff_mean == pytest.approx(0.45 - 0.88)
+    assert math.isnan(new.valid_accuracy_last_diff_ci_low) and new.test_accuracy_paired_seeds == 1
+    assert (summary.reference_run == "ExactM2").all()
+
+
+def test_a_run_ahead_on_some_seeds_gets_that_share() -> None:
+    values = pd.Series([0.91, 0.95, 0.93, 0.90], index=[1, 2, 3, 4])
+    reference = pd.Series([0.92, 0.94, 0.93, 0.89, 0.99], index=[1, 2, 3, 4, 5])
+    paired = metrics.paired_difference(values, reference)
+    # Differences -0.01, +0.01, 0, +0.01 on the 4 shared seeds: ahead (strictly) on 2 of 4.
+    assert paired["paired_seeds"] == 4 and paired["ahead_share"] == 0.5
+    assert paired["diff_mean"] == pytest.approx(0.0025)
+
+
 def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Path) -> None:
     results = synthetic.parents[1]
     names = ["samples_A_seed2", "KL_Z_valid_mean_A_seed2", "KL_Z_A_seed2", "multi_seed_accuracy"]
@@ -84,22 +131,32 @@ def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Pat
     out_md, out_csv = results / "report.md", results / "report.csv"
     report.write_report(synthetic, reference, figures, 0.01, out_md, out_csv)
     text = out_md.read_text()
-    results = text.split("## How the runs were computed")[0]
-    rows = {
-        line.split(" | ")[0][2:]: line for line in results.splitlines() if line.startswith("| ")
-    }
-    assert rows["ExactM2"] == (
-        "| ExactM2 | 0.920 ± 0.020 (epoch 10) | 0.900 ± 0.020 | 0.930 ± 0.020 | 0.942 | -0.022 "
-        "| 3/3 | 3.3 min | 10.0 min | 7.0 ± 2.0 |"
+    accuracy, rest = text.split("Definitions:")
+    paired = rest.split("## Paired with ExactM2")[1].split("## Cost")[0]
+    cost = rest.split("## Cost")[1].split("## How the runs were computed")[0]
+
+    def rows(section: str) -> dict[str, str]:
+        return {line.split(" | ")[0][2:]: line for line in section.splitlines() if line[:2] == "| "}
+
+    assert rows(accuracy)["ExactM2"] == (
+        "| ExactM2 | 0.900 [0.850, 0.950] | 0.930 [0.880, 0.980] | 0.920 [0.870, 0.970] at epoch "
+        "10 | 0.942 | -0.022 | 3/3 | 7.0 ± 2.0 |"
     )
-    assert rows["MLP"] == (
-        "| MLP | 0.760 ± 0.014 (epoch 0) | 0.730 ± 0.014 | 0.710 ± 0.014 | 0.771 | -0.011 "
-        "| 2/3 | 30 s | 60 s | – |"
+    assert rows(accuracy)["MLP"] == (
+        "| MLP | 0.730 [0.603, 0.857] | 0.710 [0.583, 0.837] | 0.760 [0.633, 0.887] at epoch 0 "
+        "| 0.771 | -0.011 | 2/3 | – |"
     )
-    assert rows["New run"] == (
-        "| New run | 0.500 (epoch 10) | 0.450 | 0.480 | – | – | 1/3 | 2.5 h | 2.5 h | 4.0 |"
+    assert rows(accuracy)["New run"] == (
+        "| New run | 0.450 | 0.480 | 0.500 at epoch 10 | – | – | 1/3 | 4.0 |"
     )
-    assert "trained for 20 epochs, the original for 300" in text
+    assert rows(paired)["ExactM2"] == "| ExactM2 | (the reference) |  |  |  |"
+    assert rows(paired)["MLP"] == (
+        "| MLP | -0.160 [-0.414, +0.094] | 0 of 2 | -0.210 [-0.210, -0.210] | 0 of 2 |"
+    )
+    assert rows(paired)["New run"] == "| New run | -0.430 | 0 of 1 | -0.430 | 0 of 1 |"
+    assert rows(cost)["ExactM2"] == "| ExactM2 | 3.3 min | 10.0 min |"
+    assert rows(cost)["New run"] == "| New run | 2.5 h | 2.5 h |"
+    assert "optimistic: a maximum over 3 validations" in text
     assert "ExactM2 > MLP; the same as the original's (ExactM2 > MLP)" in text
     assert "Runs within ±0.01 of the original: 0 of 2." in text
     # Figures are embedded by paths relative to the report.

@@ -11,16 +11,19 @@ The aggregated HDF5 file holds four tables, each a group with one dataset per co
                                       z dimension averaged over the validation set)
 
 `read_table`, `read_runs`, `read_seeds` and `read_z_kl` return them as pandas DataFrames
-(`read_z_kl` also returns the KL array).
+(`read_z_kl` also returns the KL array). The file's attribute `reference_run` names the run the
+summary's paired differences are to ("" when none).
 """
 
 import io
 import json
+import math
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ssvae import runfile
 from ssvae.cli import entry_point_parser
@@ -93,6 +96,12 @@ def read_runs(path: Path) -> pd.DataFrame:
         return _read_frame(f["runs"], RUN_COLUMNS)
 
 
+def read_reference_run(path: Path) -> str | None:
+    """The run the paired differences are to; None when it was not among the compared runs."""
+    with read_hdf5(path) as f:
+        return str(f.attrs.get("reference_run", "")) or None
+
+
 def read_seeds(path: Path) -> pd.DataFrame:
     with read_hdf5(path) as f:
         return _read_frame(f["seeds"], SEED_COLUMNS)
@@ -119,14 +128,63 @@ def seed_curves(table: pd.DataFrame, run: str, split: str, metric: str) -> pd.Da
     return rows.pivot(index="epoch", columns="seed", values="value").sort_index()
 
 
-def summarize(table: pd.DataFrame, runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
-    """Per run: validation accuracy over seeds at the best epoch of the mean curve and at the
-    last epoch, test accuracy (mean and sample standard deviation over seeds), seeds present and
-    complete, and wall time per seed and in total."""
+CONFIDENCE = 0.95
+
+
+def mean_interval(values: pd.Series) -> dict[str, float]:
+    """Mean, sample standard deviation and the t-based 95% confidence interval of the mean over
+    seeds (Student's t with n - 1 degrees of freedom: seeds are few, and independent); no
+    interval from one seed."""
+    n = len(values)
+    mean, std = values.mean(), values.std(ddof=1)
+    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n) if n > 1 else np.nan
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_difference(values: pd.Series, reference: pd.Series) -> dict[str, float]:
+    """A run's per-seed values minus the reference run's on the same seeds (the seed fixes the
+    labeled split, so each pair shares its data): the mean difference with its t-based 95%
+    interval, the share of those seeds on which the run is strictly ahead, and how many."""
+    paired = values.index.intersection(reference.index)
+    differences = values[paired] - reference[paired]
+    interval = mean_interval(differences)
+    return {
+        "diff_mean": interval["mean"],
+        "diff_ci_low": interval["ci_low"],
+        "diff_ci_high": interval["ci_high"],
+        "ahead_share": (differences > 0).mean() if len(paired) else np.nan,
+        "paired_seeds": len(paired),
+    }
+
+
+def _prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}_{name}": value for name, value in values.items()}
+
+
+def per_seed_accuracies(table: pd.DataFrame, run: str) -> dict[str, pd.Series]:
+    """Per seed: validation accuracy at the last epoch and test accuracy (after the last epoch),
+    the values that are not chosen by looking at them."""
+    valid = seed_curves(table, run, "valid", "accuracy")
+    test = seed_curves(table, run, "test", "accuracy")
+    found = {}
+    if not valid.empty:
+        found["valid_accuracy_last"] = valid.loc[valid.index.max()]
+    if not test.empty:
+        found["test_accuracy"] = test.iloc[-1]
+    return found
+
+
+def summarize(table: pd.DataFrame, runs: pd.DataFrame, seeds: pd.DataFrame,
+              reference_run: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """Per run: validation accuracy over seeds at the best epoch of the mean curve (optimistic:
+    the epoch is chosen on these values) and at the last epoch, and test accuracy, each with its
+    mean, standard deviation and 95% interval over seeds; each run's paired difference to
+    `reference_run` on the last-epoch and test accuracies; seeds present and complete, and
+    wall time per seed and in total."""
+    reference = per_seed_accuracies(table, reference_run) if reference_run else {}
     rows = []
     for run in runs.itertuples():
         valid = seed_curves(table, run.run, "valid", "accuracy")
-        test = seed_curves(table, run.run, "test", "accuracy")
         row = {"run": run.run, "label": run.label, "model": run.model, "n_seeds": valid.shape[1]}
         run_seeds = seeds[seeds.run == run.run]
         row |= {
@@ -136,20 +194,21 @@ def summarize(table: pd.DataFrame, runs: pd.DataFrame, seeds: pd.DataFrame) -> p
             "wall_seconds_total": run_seeds.wall_seconds.sum(),
         }
         if not valid.empty:
-            mean = valid.mean(axis=1)
-            best_epoch = int(mean.idxmax())
-            last_epoch = int(valid.index.max())
+            best_epoch = int(valid.mean(axis=1).idxmax())
             row |= {
                 "best_epoch": best_epoch,
-                "valid_accuracy_best_mean": mean[best_epoch],
-                "valid_accuracy_best_std": valid.loc[best_epoch].std(ddof=1),
-                "last_epoch": last_epoch,
-                "valid_accuracy_last_mean": mean[last_epoch],
-                "valid_accuracy_last_std": valid.loc[last_epoch].std(ddof=1),
+                "last_epoch": int(valid.index.max()),
+                "validations": len(valid.index),
             }
-        if not test.empty:
-            final = test.iloc[-1]
-            row |= {"test_accuracy_mean": final.mean(), "test_accuracy_std": final.std(ddof=1)}
+            row |= _prefixed("valid_accuracy_best", mean_interval(valid.loc[best_epoch]))
+        accuracies = per_seed_accuracies(table, run.run)
+        for name, values in accuracies.items():
+            row |= _prefixed(name, mean_interval(values))
+        if reference:
+            row["reference_run"] = reference_run
+            for name, values in accuracies.items():
+                if name in reference:
+                    row |= _prefixed(name, paired_difference(values, reference[name]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -178,9 +237,13 @@ def z_kl_rows(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     return rows, kl
 
 
-def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_csv: Path) -> None:
+def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_csv: Path,
+              reference_run: str | None = None) -> None:  # fmt: skip
     """`runs` maps run id to {"label", "model", "palette_index", "seeds"}, in the order figures
-    should use; `palette_index` keeps a run's colour when the comparison changes."""
+    should use; `palette_index` keeps a run's colour when the comparison changes. Paired
+    differences are to `reference_run`, when it is one of `runs`."""
+    if reference_run is not None and reference_run not in runs:
+        reference_run = None  # not compared this time: no pairs to form
     table = pd.concat([tidy_history(path) for path in run_files], ignore_index=True)
     unknown = sorted(set(table.run) - set(runs))
     if unknown:
@@ -206,11 +269,12 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
             f"{run_files[int(twice.to_numpy().argmax())]}: run {first.run} seed {first.seed} is "
             "given twice"
         )
-    summary = summarize(table, run_frame, seed_frame)
+    summary = summarize(table, run_frame, seed_frame, reference_run)
     z_kl = [z_kl_rows(path) for path in run_files]
     z_kl_with_rows = [kl for rows, kl in z_kl if len(rows)]
     aggregated = io.BytesIO()
     with h5py.File(aggregated, "w") as f:
+        f.attrs["reference_run"] = reference_run or ""
         _write_frame(f.create_group("table"), table)
         _write_frame(f.create_group("runs"), run_frame)
         _write_frame(f.create_group("seeds"), seed_frame)
@@ -233,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help='JSON object {run: {"label", "model", "palette_index", "seeds"}}, in order',
     )
+    parser.add_argument(
+        "--reference-run",
+        help="the run each run is compared with seed by seed (paired differences)",
+    )
     parser.add_argument("--out-h5", type=Path, required=True, help="aggregated .h5 to write")
     parser.add_argument("--out-csv", type=Path, required=True, help="summary CSV to write")
     args = parser.parse_args(argv)
@@ -241,5 +309,5 @@ def main(argv: list[str] | None = None) -> None:
             runs = json.loads(args.runs)
         except json.JSONDecodeError as err:
             raise InputError(f"--runs is not valid JSON ({err})") from None
-        aggregate(args.run_files, runs, args.out_h5, args.out_csv)
+        aggregate(args.run_files, runs, args.out_h5, args.out_csv, args.reference_run)
     print(f"wrote {args.out_h5} and {args.out_csv}")

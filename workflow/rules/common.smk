@@ -54,6 +54,11 @@ def validate_config(config, schema_path):
             raise WorkflowError(
                 f"invalid config: {key} = {value!r}: must be a finite number"
             )
+    if config["reference_run"] not in config["runs"]:
+        raise WorkflowError(
+            f"invalid config: reference_run = {config['reference_run']!r}: not a run defined "
+            f"in runs (defined: {', '.join(config['runs'])})"
+        )
     undefined = [run for run in config["compare"] if run not in config["runs"]]
     if undefined:
         raise WorkflowError(

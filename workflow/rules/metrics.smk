@@ -17,6 +17,8 @@ rule aggregate_metrics:
     threads: 1
     params:
         runs=runs_json(),
+        reference_run=config["reference_run"],
     shell:
         "ssvae-metrics {input.runs:q} --runs {params.runs:q} "
+        "--reference-run {params.reference_run:q} "
         "--out-h5 {output.h5:q} --out-csv {output.csv:q} > {log} 2>&1"
