@@ -114,14 +114,29 @@ class TestExactM2Bounds:
         path = model.labeled(x, y, Annealing(kl_z=0.0))
         torch.testing.assert_close(path.bound, path.terms["KL_Z"] + path.terms["nllX"] + LOG_10)
         torch.testing.assert_close(path.surrogate, path.terms["nllX"] + LOG_10)
+        # -log p(y) under the uniform prior, logged as p(x,y)/nllY as the original does.
+        torch.testing.assert_close(path.terms["nllY"], torch.full((4,), LOG_10, dtype=x.dtype))
 
     @torch.no_grad()
     def test_unlabeled_surrogate_anneals_the_kl_terms(self) -> None:
         model = make_model().train()
         path = model.unlabeled(binary_images(4, seed=3), Annealing(kl_z=0.0, kl_alpha=0.5))
         kl_y, kl_z, nll_x = (path.terms[key] for key in ("KL_Y", "KL_Z", "nllX"))
-        torch.testing.assert_close(path.bound, kl_y + 2 * kl_z + nll_x)
+        # The logged KL_Z is the term as it enters the bound, the factor 2 included.
+        torch.testing.assert_close(path.bound, kl_y + kl_z + nll_x)
         torch.testing.assert_close(path.surrogate, 0.5 * kl_y + nll_x)
+
+    @pytest.mark.usefixtures("unit_normal_draws")
+    @torch.no_grad()
+    def test_logged_kl_z_is_the_original_doubled_term(self) -> None:
+        """The original logs 2 sum_c pi_c KL_Z,c: with kl_factor 2 the logged KL_Z is twice
+        what the same weights log with kl_factor 1."""
+        model = populated(make_model())
+        x = binary_images(4, seed=3)
+        doubled = model.unlabeled(x, Annealing()).terms["KL_Z"]
+        model.kl_factor = 1.0
+        single = model.unlabeled(x, Annealing()).terms["KL_Z"]
+        torch.testing.assert_close(doubled, 2 * single)
 
 
 class TestSemiSupervisedObjective:

@@ -40,6 +40,7 @@ VAE_TRAIN_METRICS = {
     "p(x)/nllX",
     "p(x,y)/KL_Z",
     "p(x,y)/nllX",
+    "p(x,y)/nllY",
 }
 
 
@@ -148,6 +149,29 @@ def test_mlp_run_file(mlp_run: Path) -> None:
             assert f[f"train/{name}"].shape == (2,), name
         accuracy = f["valid/accuracy"][()]
     assert ((accuracy >= 0) & (accuracy <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "expected"),
+    [("GumbelSoftmaxM2", {"sharpening": 3.0}, {}), ("LogGamma", {"sharpening": 1.0},
+                                                     {"hyperparameters/betaprior": [0.2, 0.2]})],
+)  # fmt: skip
+def test_logged_hyperparameters_are_the_original_ones(
+    model, params, expected, small_mnist: Path, small_split: Path, tmp_path: Path
+) -> None:
+    """hyperparameters/sharpening is the annealed value the step uses, the run's sharpening times
+    the multiplier, as an epoch mean: steps 1-2 (epoch 0) use 1 and 0.5, steps 3-4 (epoch 1)
+    1.005 and 1 (spec 4.5)."""
+    out = tmp_path / "run.h5"
+    train_quietly(tiny_config(model, params=params), small_mnist, small_split, out)
+    history = runfile.read_history(out)["train"]
+    s = params["sharpening"]
+    np.testing.assert_allclose(history["hyperparameters/annealing/sharpening"], [0.75, 1.0025])
+    np.testing.assert_allclose(history["hyperparameters/sharpening"], [0.75 * s, 1.0025 * s])
+    for name, values in expected.items():
+        np.testing.assert_allclose(history[name], values)
+    if model == "LogGamma":
+        assert "p(x,y)/nllY" in history  # its own label likelihood
 
 
 @pytest.mark.parametrize(

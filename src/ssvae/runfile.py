@@ -13,9 +13,22 @@ Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested gro
                        write), finished_at
     /train/epoch       (n_epochs,)  one entry per training epoch, metrics are epoch means
     /train/<metric>    (n_epochs,)  loss, bound, boundU, boundL, classifier, accuracy, objective,
-                                    pnorm, gnorm, p(x)/KL_Z, ..., hyperparameters/lr, duration
+                                    pnorm, gnorm, the per-path terms below, hyperparameters/lr,
+                                    hyperparameters/update_ctr, duration, and for the VAEs
+                                    hyperparameters/annealing/{kl_z, kl_alpha, bound,
+                                    classifier, sharpening} (the coefficients' epoch means),
+                                    hyperparameters/sharpening (the annealed value a run with
+                                    sharpening uses: its sharpening times the multiplier) and
+                                    LogGamma's hyperparameters/betaprior
     /valid/epoch       (n_evals,)   one entry per validation, metrics over the whole split
     /valid/<metric>    (n_evals,)
+
+Per-path terms, per example and averaged, named as the original logs them: p(x)/... for the
+unlabeled path, p(x,y)/... for the labeled one. KL_Z is the term as it enters the bound (ExactM2:
+kl_factor x sum_c pi_c KL_Z,c, the original's doubled term with kl_factor 2); the class
+latent's KL as KL_Y (the M2 family), KL_alpha (LogisticNormal) or KL_loggamma (LogGamma);
+nllX = -log p(x | class, z); p(x,y)/nllY = -log p(y) of the label under the model (log 10, the
+uniform prior, for the M2 family).
     /test/...          (1,)         after the last epoch
     /z_stats/epoch               (n_evals,)
     /z_stats/mu_last_batch       (n_evals, 100, 50)  last 100 q(z|.) rows of the last validation

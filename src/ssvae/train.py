@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -248,7 +248,7 @@ def train_steps(model, optimizer, step_fn: compute.TrainingStep, images: Images,
     return progress.steps_done == cfg.steps_per_epoch
 
 
-def epoch_means(progress: EpochProgress, cfg: TrainConfig, uses_annealing: bool):
+def epoch_means(progress: EpochProgress, cfg: TrainConfig, model):
     """The epoch's metric means, read from the device once."""
     if progress.first_bad_step.item() >= 0:
         raise TrainingDiverged(
@@ -257,11 +257,14 @@ def epoch_means(progress: EpochProgress, cfg: TrainConfig, uses_annealing: bool)
         )
     means = (progress.sums.double() / cfg.steps_per_epoch).tolist()  # the one host sync
     metrics = dict(zip(progress.metric_names, means, strict=True))
-    if uses_annealing:  # the original's MLP has no annealing variables to log
+    if model.has_decoder:  # the original's MLP has no annealing variables to log
         coefficients = annealing_coefficients(progress.epoch, cfg, torch.device("cpu"))
-        names = [coefficient.name for coefficient in fields(Annealing)]
-        for name, mean in zip(names, coefficients.double().mean(0).tolist(), strict=True):
+        means = Annealing(*coefficients.double().mean(0).tolist())
+        for name, mean in vars(means).items():
             metrics[f"hyperparameters/annealing/{name}"] = mean
+        # Linear in the coefficients, so the epoch mean of each is its value at their means.
+        for name, value in model.logged_hyperparameters(means).items():
+            metrics[f"hyperparameters/{name}"] = value
     return metrics
 
 
@@ -387,7 +390,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
                 f"{checkpoint_path}, rerun to resume"
             )
         try:
-            metrics = epoch_means(progress, cfg, model.has_decoder)
+            metrics = epoch_means(progress, cfg, model)
         except TrainingDiverged as err:
             # Snakemake deletes a failed job's output, so what was computed goes beside it.
             kept = diverged_path(out_path)

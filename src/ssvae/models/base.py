@@ -87,6 +87,13 @@ class Model(nn.Module):
     def reset_parameters(self) -> None:
         init_uniform_(self)
 
+    def logged_hyperparameters(self, annealing: Annealing) -> dict[str, float]:
+        """What the original logs each epoch under hyperparameters/ beside the annealing
+        coefficients: the annealed sharpening, the run's sharpening times its multiplier."""
+        if "sharpening" not in self.settings:
+            return {}
+        return {"sharpening": self.sharpening * annealing.sharpening}
+
     def classifier_log_probs(self, x: torch.Tensor, annealing: Annealing) -> torch.Tensor:
         """log q(y|x) on the classifier sub-graph (BatchNorm statistics of labeled batches only)."""
         hx = self.classifier.hidden(x, Subgraph.CLASSIFIER)
@@ -145,10 +152,11 @@ class SemiSupervisedVAE(Model):
             onehot, hx, x, Subgraph.LABELED
         )
         kl_z = kl_z_per_dim.sum(-1)
+        nll_y = torch.full_like(kl_z, LOG_N_CLASSES)  # -log p(y), the uniform prior over classes
         return PathTerms(
-            bound=kl_z + nll_x + LOG_N_CLASSES,
-            surrogate=annealing.kl_z * kl_z + nll_x + LOG_N_CLASSES,
-            terms={"KL_Z": kl_z, "nllX": nll_x},
+            bound=kl_z + nll_x + nll_y,
+            surrogate=annealing.kl_z * kl_z + nll_x + nll_y,
+            terms={"KL_Z": kl_z, "nllX": nll_x, "nllY": nll_y},
             mu=mu,
             logcov2=logcov2,
             kl_z_per_dim=kl_z_per_dim,

@@ -31,14 +31,13 @@ class ExactM2(SemiSupervisedVAE):
             self.reconstruction_nll(y_blocks, z, x.repeat(N_CLASSES, 1)).view(N_CLASSES, batch).T
         )
         kl_y = categorical_kl_uniform(logits)
-        expected_kl_z = (pi * kl_z).sum(-1)
+        # The KL_Z term as it enters the bound, factor included: the original logs it so.
+        kl_z_term = self.kl_factor * (pi * kl_z).sum(-1)
         expected_nll_x = (pi * nll_x).sum(-1)
         return PathTerms(
-            bound=kl_y + self.kl_factor * expected_kl_z + expected_nll_x,
-            surrogate=annealing.kl_alpha * kl_y
-            + annealing.kl_z * self.kl_factor * expected_kl_z
-            + expected_nll_x,
-            terms={"KL_Y": kl_y, "KL_Z": expected_kl_z, "nllX": expected_nll_x},
+            bound=kl_y + kl_z_term + expected_nll_x,
+            surrogate=annealing.kl_alpha * kl_y + annealing.kl_z * kl_z_term + expected_nll_x,
+            terms={"KL_Y": kl_y, "KL_Z": kl_z_term, "nllX": expected_nll_x},
             mu=mu,
             logcov2=logcov2,
             kl_z_per_dim=torch.einsum("bc,cbd->bd", pi, kl_z_dims),
