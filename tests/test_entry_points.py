@@ -163,7 +163,7 @@ class TestAggregation:
         empty.write_bytes(b"")
         out = tmp_path / "figure.png"
         result = run_console_script(
-            "ssvae-plot", "accuracy", "--metrics", str(empty), "--out", str(out)
+            "ssvae-plot", "multi_seed_accuracy", "--metrics", str(empty), "--out", str(out)
         )
         assert_one_line(result, "ssvae-plot", str(empty), "cannot be read as HDF5")
         assert not out.exists()

@@ -54,14 +54,20 @@ def adapt_profile(workdir: Path) -> dict:
 
 
 def sacct_jobs() -> list[dict]:
-    fields = ["JobName", "State", "Partition", "Account", "ReqTRES", "Timelimit", "Comment"]
+    # SubmitLine last: the sbatch command line it records may itself hold the delimiter.
+    fields = [
+        "JobName", "State", "Partition", "Account", "ReqTRES", "Timelimit", "Comment", "SubmitLine"
+    ]  # fmt: skip
     result = subprocess.run(
         ["sacct", "-X", "-n", "-P", "--starttime", "now-1day", "-o", ",".join(fields)],
         capture_output=True,
         text=True,
         check=True,
     )
-    return [dict(zip(fields, line.split("|"), strict=True)) for line in result.stdout.splitlines()]
+    return [
+        dict(zip(fields, line.split("|", len(fields) - 1), strict=True))
+        for line in result.stdout.splitlines()
+    ]
 
 
 def test_smoke_preset_through_the_slurm_profile(
@@ -93,5 +99,7 @@ def test_smoke_preset_through_the_slurm_profile(
         assert (job["Partition"], job["Account"]) == (PARTITION, ACCOUNT)
         assert "gres/gpu=1" in job["ReqTRES"] and "mem=2000M" in job["ReqTRES"], job
         assert job["Timelimit"] == "00:30:00"
+        # SIGTERM 120 s before the limit, so training checkpoints before SLURM kills it.
+        assert "--signal=TERM@120" in job["SubmitLine"], job
     local_rules = result.stderr.count("localrule ")
     assert local_rules >= 10  # download, prepare, splits, aggregate, figures, report, all

@@ -152,11 +152,21 @@ def paired_table(table: pd.DataFrame, reference_label: str) -> list[str]:
 
 
 def cost_table(table: pd.DataFrame) -> list[str]:
-    lines = ["| run | wall time per seed | wall time, all seeds |", "|---|---:|---:|"]
+    lines = [
+        "| run | job time per seed | job time, all seeds | peak memory | training wall time "
+        "per seed |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for row in table.itertuples():
-        lines.append(
-            _row([row.label, _duration(row.wall_seconds_mean), _duration(row.wall_seconds_total)])
-        )
+        memory = row.peak_memory_mb_max
+        cells = [
+            row.label,
+            _duration(row.job_seconds_mean),
+            _duration(row.job_seconds_total),
+            "–" if pd.isna(memory) else f"{memory:,.0f} MB",
+            _duration(row.wall_seconds_mean),
+        ]
+        lines.append(_row(cells))
     return lines
 
 
@@ -231,8 +241,11 @@ def render_markdown(
     lines += ["## Cost", ""]
     lines += cost_table(table) + [""]
     lines += [
-        "*Wall time*: from the start of a training job to its run file (data loading, training, "
-        "every validation and the test), summed over resumed attempts.",
+        "*Job time* and *peak memory*: snakemake's benchmark of each training job (wall time "
+        "and peak resident memory of the job's processes); a job resumed after an interruption "
+        "counts its last attempt only. *Training wall time*: from the start of training to the "
+        "run file (data loading, training, every validation and the test), summed over every "
+        "attempt, as the run file records it.",
         "",
     ]
     lines += ["## How the runs were computed", ""]

@@ -18,6 +18,8 @@ MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
 RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
 CHECKPOINT_FILE = "results/runs/{run}/seed{seed}/checkpoint.pt"
+# Snakemake's measurement of each training job: wall time and peak memory.
+BENCHMARK_FILE = "results/benchmarks/train/{run}/seed{seed}.tsv"
 # The original's 10-seed numbers per run label (docs/original.md, section 8).
 REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
 # Source files whose edits must re-render what they produce (and nothing upstream).
@@ -155,6 +157,11 @@ def run_id_pattern():
 def run_files():
     """Every (run, seed) training output that the config names."""
     return expand(RUN_FILE, run=run_ids(), seed=config["seeds"])
+
+
+def benchmark_files():
+    """The training jobs' benchmark files, in the order of run_files()."""
+    return expand(BENCHMARK_FILE, run=run_ids(), seed=config["seeds"])
 
 
 def train_config(wildcards):

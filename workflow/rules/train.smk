@@ -6,6 +6,8 @@ rule train:
         metrics=RUN_FILE,
     log:
         "results/logs/train/{run}/seed{seed}.log",
+    benchmark:
+        BENCHMARK_FILE
     wildcard_constraints:
         run=run_id_pattern(),
         seed=r"\d+",
