@@ -134,10 +134,8 @@ def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: 
     plot_code = built / "src/ssvae/plots.py"
     plot_code.write_text(plot_code.read_text() + "\n# an edit to the figure code\n")
     assert planned_jobs(built, mnist_dir) == {
-        "plot_multi_seed_accuracy": 1,
-        "plot_multi_seed_accuracy_loss": 2,
-        "plot_active_dims": 1,
-        "plot_single_seed": 3,
+        "plot_comparison": 4,
+        "plot_per_run": 3,
         "report": 1,
         "all": 1,
     }
@@ -170,9 +168,7 @@ def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) ->
     # figures are of seed 2 and stay.
     assert planned_jobs(built, mnist_dir) == {
         "aggregate_metrics": 1,
-        "plot_multi_seed_accuracy": 1,
-        "plot_multi_seed_accuracy_loss": 2,
-        "plot_active_dims": 1,
+        "plot_comparison": 4,
         "report": 1,
         "all": 1,
     }
