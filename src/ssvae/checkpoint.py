@@ -10,12 +10,14 @@ never resumed silently.
 import hashlib
 import io
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from ssvae.errors import UserError
 from ssvae.io import write_atomic
+from ssvae.runfile import RunLog
 
 
 class CheckpointMismatch(UserError):
@@ -59,6 +61,45 @@ def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["cpu"])
     if "cuda" in states:
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def capture(fingerprint: dict, next_epoch: int, progress, model, optimizer, run_log,
+            wall_seconds: float) -> dict:  # fmt: skip
+    """The whole training state, to resume from: where training stands (the epoch to run next
+    and, mid-epoch, its progress), model, optimizer, every RNG state and what was logged."""
+    return {
+        "fingerprint": fingerprint,
+        "next_epoch": next_epoch,
+        "progress": None if progress is None else vars(progress),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states(),
+        "history": _map_values(run_log.history, lambda value: value),
+        "extras": _map_values(run_log.arrays, torch.as_tensor),
+        "wall_seconds": wall_seconds,
+    }
+
+
+def restore(state: dict, model, optimizer) -> tuple[RunLog, int, dict | None, float]:
+    """Put a captured state back into the model, the optimizer and the RNGs; what was logged,
+    the epoch to run next, the progress within it (or None) and the wall seconds spent."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_states(state["rng"])
+    arrays = _map_values(state["extras"], lambda value: value.numpy())
+    run_log = RunLog(
+        history={group: defaultdict(list, named) for group, named in state["history"].items()},
+        arrays={group: defaultdict(list, named) for group, named in arrays.items()},
+    )
+    return run_log, state["next_epoch"], state["progress"], state["wall_seconds"]
+
+
+def _map_values(groups: dict, convert) -> dict:
+    """{group: {name: [values]}} with every value converted, as plain dicts and lists."""
+    return {
+        group: {name: [convert(value) for value in values] for name, values in named.items()}
+        for group, named in groups.items()
+    }
 
 
 def save(path: Path, state: dict) -> None:

@@ -40,6 +40,8 @@ uniform prior, for the M2 family).
 
 import io
 import json
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -49,6 +51,25 @@ from ssvae.errors import InputError
 from ssvae.io import read_hdf5, write_atomic
 
 SPLITS = ("train", "valid", "test")
+ARRAY_GROUPS = ("z_stats", "samples")
+
+
+@dataclass
+class RunLog:
+    """What a run has logged so far, as its run file holds it: per split, the metrics of each
+    logged epoch; per array group, the arrays of each evaluation."""
+
+    history: dict = field(default_factory=lambda: {s: defaultdict(list) for s in SPLITS})
+    arrays: dict = field(default_factory=lambda: {g: defaultdict(list) for g in ARRAY_GROUPS})
+
+    def record(self, group: str, epoch: int, values: dict) -> None:
+        store = self.history[group] if group in self.history else self.arrays[group]
+        store["epoch"].append(epoch)
+        for name, value in values.items():
+            store[name].append(value)
+
+    def write(self, path: Path, attrs: dict) -> None:
+        write(path, attrs, self.history, {group: a for group, a in self.arrays.items() if a})
 
 
 def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:

@@ -323,22 +323,14 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
         f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step "
         f"{'compiled' if compiled else 'eager'}, {torch.get_num_threads()} CPU threads"
     )
-    history = {split_name: defaultdict(list) for split_name in runfile.SPLITS}
-    extras = {"z_stats": defaultdict(list), "samples": defaultdict(list)}
-    first_epoch, progress, wall_before = 0, None, 0.0
+    run_log, first_epoch, progress, wall_before = runfile.RunLog(), 0, None, 0.0
     if checkpoint_path is not None and checkpoint_path.exists():
         state = checkpoint.load(checkpoint_path, expected, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoint.restore_rng_states(state["rng"])
-        history = {g: defaultdict(list, named) for g, named in state["history"].items()}
-        extras = {
-            g: defaultdict(list, named)
-            for g, named in _map_values(state["extras"], lambda value: value.numpy()).items()
-        }
-        first_epoch, wall_before = state["next_epoch"], state["wall_seconds"]
-        if state["progress"] is not None:
-            progress = EpochProgress(**state["progress"])
+        run_log, first_epoch, saved_progress, wall_before = checkpoint.restore(
+            state, model, optimizer
+        )
+        if saved_progress is not None:
+            progress = EpochProgress(**saved_progress)
         where = f"step {progress.steps_done} of " if progress else ""
         log(f"resumed from {checkpoint_path}: {where}epoch {first_epoch}", flush=True)
 
@@ -346,33 +338,13 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
         return wall_before + time.perf_counter() - run_started
 
     def save(path: Path, status: str) -> None:
-        attrs = {
-            "run": cfg.run,
-            "model": cfg.model,
-            "seed": cfg.seed,
-            **computation,
-            **step_fn.how_it_ran(),
-            "n_params": n_params,
-            "ssvae_version": ssvae.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "status": status,
-            "wall_seconds": wall_seconds(),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        runfile.write(path, attrs, history, {k: v for k, v in extras.items() if v})
+        how = computation | step_fn.how_it_ran()
+        run_log.write(path, run_attributes(cfg, how, n_params, status, wall_seconds()))
 
     def save_checkpoint(next_epoch: int) -> None:
-        state = {
-            "fingerprint": expected,
-            "next_epoch": next_epoch,
-            "progress": None if progress is None else vars(progress),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": checkpoint.rng_states(),
-            "history": _map_values(history, lambda value: value),
-            "extras": _map_values(extras, torch.as_tensor),
-            "wall_seconds": wall_seconds(),
-        }
+        state = checkpoint.capture(
+            expected, next_epoch, progress, model, optimizer, run_log, wall_seconds()
+        )
         checkpoint.save(checkpoint_path, state)
 
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -403,7 +375,7 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
             "hyperparameters/update_ctr": (epoch + 1) * cfg.steps_per_epoch,
             "duration": epoch_seconds,
         }
-        _append(history["train"], epoch, metrics)
+        run_log.record("train", epoch, metrics)
         line = f"epoch {epoch:3d}/{cfg.epochs}  train loss {metrics['loss']:9.2f}"
         line += f"  acc {metrics['accuracy']:.3f}"
 
@@ -411,15 +383,15 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
         evaluation_started = time.perf_counter()
         if epoch % cfg.eval_every == 0 or last_epoch:
             valid_metrics, z_stats = evaluate(model, *images.valid, cfg.batch_size)
-            _append(history["valid"], epoch, valid_metrics)
+            run_log.record("valid", epoch, valid_metrics)
             line += f"  valid loss {valid_metrics['loss']:9.2f}"
             line += f"  acc {valid_metrics['accuracy']:.4f}"
             if model.has_decoder:
-                _append(extras["z_stats"], epoch, z_stats)
-                _append(extras["samples"], epoch, {"p(x)": decoder_samples(model, device)})
+                run_log.record("z_stats", epoch, z_stats)
+                run_log.record("samples", epoch, {"p(x)": decoder_samples(model, device)})
         if last_epoch:
             test_metrics, _ = evaluate(model, *images.test, cfg.batch_size)
-            _append(history["test"], epoch, test_metrics)
+            run_log.record("test", epoch, test_metrics)
             line += f"  test acc {test_metrics['accuracy']:.4f}"
         line += f"  lr {lr:.3e}  {epoch_seconds:6.1f} s training"
         # Evaluation and samples (a host sync each), so that a job's time adds up from its log.
@@ -434,18 +406,22 @@ def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
         checkpoint_path.unlink(missing_ok=True)  # the run file now holds everything
 
 
-def _map_values(groups: dict, convert) -> dict:
-    """{group: {name: [values]}} with every value converted, as plain dicts and lists."""
+def run_attributes(cfg: TrainConfig, computation: dict, n_params: int, status: str,
+                   wall_seconds: float) -> dict:  # fmt: skip
+    """The run file's attributes: which run, what was computed and how, its status and time
+    (the layout is in ssvae.runfile)."""
     return {
-        group: {name: [convert(value) for value in values] for name, values in named.items()}
-        for group, named in groups.items()
+        "run": cfg.run,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        **computation,
+        "n_params": n_params,
+        "ssvae_version": ssvae.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "status": status,
+        "wall_seconds": wall_seconds,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def _append(store: dict, epoch: int, values: dict) -> None:
-    store["epoch"].append(epoch)
-    for name, value in values.items():
-        store[name].append(value)
 
 
 def main(argv: list[str] | None = None) -> None:
