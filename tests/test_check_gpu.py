@@ -51,6 +51,8 @@ def test_the_check_measures_what_it_reports(tiny_config: Path, small_mnist: Path
     assert list(timings) == ["eager, tf32 off", "eager, tf32 on", "compiled, tf32 off",
                              "compiled, tf32 on"]  # fmt: skip
     assert all(row["ms_per_step"] > 0 for row in timings.values())
+    # Each timing says how the step ran: compiled where asked (on CPU: no CUDA graphs).
+    assert [row["step"] for row in timings.values()] == ["eager", "eager", "compiled", "compiled"]
     assert [row["jobs"] for row in report["sharing"]] == [1, 2]
     epoch = report["one_epoch"]["MLP"]
     assert epoch["eager"]["step"] == "eager" and epoch["compiled"]["step"] == "compiled"

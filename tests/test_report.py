@@ -123,6 +123,12 @@ def test_a_run_ahead_on_some_seeds_gets_that_share() -> None:
     # Differences -0.01, +0.01, 0, +0.01 on the 4 shared seeds: ahead (strictly) on 2 of 4.
     assert paired["paired_seeds"] == 4 and paired["ahead_share"] == 0.5
     assert paired["diff_mean"] == pytest.approx(0.0025)
+    # A seed without a value (NaN) counts neither in the pairs nor in an interval's n.
+    values[4] = float("nan")
+    assert metrics.paired_difference(values, reference)["paired_seeds"] == 3
+    assert metrics.mean_interval(values)["ci_low"] == pytest.approx(
+        0.93 - T_975[2] * 0.02 / math.sqrt(3), abs=1e-4
+    )
 
 
 def test_report_markdown_and_csv(synthetic: Path, reference: Path, tmp_path: Path) -> None:

@@ -24,17 +24,23 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssvae import compute, train
+from ssvae import compute, runfile, train
 from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
 from ssvae.splits import labeled_indices
 
 REPO_ROOT = Path.cwd()
-EVALUATIONS_PER_RUN = 32  # validation after epochs 0, 10, ..., 300, and the test split once
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 WINDOWS = 5  # the measured window is timed in this many parts; rates are their median
 COMPARISON_TARGET = "results/plots/multi_seed_accuracy.png"
+
+
+def evaluations(cfg: TrainConfig) -> int:
+    """Evaluations of a whole run: validation every eval_every epochs and after the last (32 for
+    epochs 0..300 every 10, the test split included)."""
+    validations = len(range(0, cfg.epochs + 1, cfg.eval_every))
+    return validations + (cfg.epochs % cfg.eval_every != 0) + 1
 
 
 def synchronize(device: torch.device) -> None:
@@ -189,6 +195,8 @@ def bench_run(
         }
     return late | {
         "model": cfg.model,
+        # What ran: a step asked to compile that fell back to eager is timed eagerly.
+        "step": runfile.how_the_step_ran(step_fn.how_it_ran()),
         "steps_measured": per_window * WINDOWS,
         "window_ms_per_step": [1000 * seconds / per_window for seconds in window_seconds],
         "warmup_steps": warmup_steps,
@@ -197,7 +205,7 @@ def bench_run(
         "ms_per_step": 1000 / steps_per_s,
         "s_per_epoch": cfg.steps_per_epoch / steps_per_s,
         "eval_s": eval_seconds,
-        "s_per_run": steps_per_run / steps_per_s + EVALUATIONS_PER_RUN * eval_seconds,
+        "s_per_run": steps_per_run / steps_per_s + evaluations(cfg) * eval_seconds,
         "flops_per_step": flops,
         "achieved_flops_per_s": flops * steps_per_s,
     }
@@ -245,6 +253,7 @@ def bench_parallel_jobs(args, run: str, n_jobs: int) -> dict:
         "run": run,
         "jobs": n_jobs,
         "steps_per_s_per_job": [result["steps_per_s"] for result in results],
+        "step_per_job": [result["step"] for result in results],
         "steps_per_s_total": total,
         "achieved_flops_per_s_total": total * results[0]["flops_per_step"],
     }

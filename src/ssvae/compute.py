@@ -127,8 +127,10 @@ def compile_forward(forward, on_cuda: bool):
     # Random numbers from torch's own generator, as in eager mode, rather than inductor's: the
     # compiled step then gives the eager step's numbers up to float rounding.
     torch._inductor.config.fallback_random = True
-    # Forget steps compiled for other models in this process (the benchmark, tests): past a few
-    # recompilations of one function dynamo stops compiling it and runs it eagerly, silently.
+    # Forget steps compiled for other models in this process (the benchmark, tests): every
+    # model's step is one function to dynamo, and past a few recompilations of it dynamo stops
+    # compiling and runs it eagerly, silently. So one compiled step is live at a time: a step
+    # compiled earlier in the process is compiled again if it is called after this.
     torch._dynamo.reset()
     compiled = torch.compile(forward, mode="reduce-overhead" if on_cuda else "default")
 
@@ -158,7 +160,9 @@ class TrainingStep:
     metrics)` run eagerly or compiled. Compiling happens lazily, in the first calls; if one of
     them fails (an inductor or driver error, a graph that refuses capture), the random-number
     states and the model's buffers are put back as they were before that call, `log` gets one
-    line saying why, and the step runs eagerly from then on, with the same numbers."""
+    line saying why, and the step runs eagerly from then on. A failure in the first call gives
+    the eager run's numbers exactly; in a later one, those of a run whose first steps were
+    compiled (equal up to float rounding)."""
 
     def __init__(self, forward, model: torch.nn.Module, compiled: bool, on_cuda: bool, log):
         self.eager_forward = forward
@@ -166,6 +170,8 @@ class TrainingStep:
         self.model, self.on_cuda, self.log = model, on_cuda, log
         self.guarded_calls = GUARDED_CALLS if compiled else 0
         self.fallback = ""  # why compiling failed, if it did
+        # The process-wide count of graphs inductor declined to capture, before this step.
+        self.skips_before = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
 
     @property
     def compiled(self) -> bool:
@@ -176,7 +182,7 @@ class TrainingStep:
         """Whether the compiled step replays CUDA graphs (inductor skips capturing some graphs,
         e.g. one that reads a CPU tensor, and says so only in its debug log)."""
         skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
-        return self.compiled and self.on_cuda and skips == 0
+        return self.compiled and self.on_cuda and skips == self.skips_before
 
     def __call__(self, *args):
         """Run the step's forward and backward pass: the objective (detached) and the metrics."""

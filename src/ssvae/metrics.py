@@ -141,6 +141,7 @@ def mean_interval(values: pd.Series) -> dict[str, float]:
     """Mean, sample standard deviation and the t-based 95% confidence interval of the mean over
     seeds (Student's t with n - 1 degrees of freedom: seeds are few, and independent); no
     interval from one seed."""
+    values = values.dropna()
     n = len(values)
     mean, std = values.mean(), values.std(ddof=1)
     half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n) if n > 1 else np.nan
@@ -151,8 +152,8 @@ def paired_difference(values: pd.Series, reference: pd.Series) -> dict[str, floa
     """A run's per-seed values minus the reference run's on the same seeds (the seed fixes the
     labeled split, so each pair shares its data): the mean difference with its t-based 95%
     interval, the share of those seeds on which the run is strictly ahead, and how many."""
-    paired = values.index.intersection(reference.index)
-    differences = values[paired] - reference[paired]
+    differences = (values - reference).dropna()  # aligned by seed; seeds both runs have
+    paired = differences.index
     interval = mean_interval(differences)
     return {
         "diff_mean": interval["mean"],

@@ -116,7 +116,7 @@ def accuracy_table(table: pd.DataFrame) -> list[str]:
             row.label,
             _interval(row, "valid_accuracy_last"),
             _interval(row, "test_accuracy"),
-            f"{best} at epoch {row.best_epoch}" if best != "–" else best,
+            f"{best} at epoch {int(row.best_epoch)}" if best != "–" else best,
             "–" if pd.isna(original) else f"{original:.3f}",
             _signed(row.difference),
             f"{row.seeds_complete}/{row.seeds_configured}",
@@ -127,10 +127,8 @@ def accuracy_table(table: pd.DataFrame) -> list[str]:
 
 
 def _ahead(row, column: str) -> str:
-    share, n = (
-        getattr(row, f"{column}_ahead_share", np.nan),
-        getattr(row, f"{column}_paired_seeds", 0),
-    )
+    share = getattr(row, f"{column}_ahead_share", np.nan)
+    n = int(getattr(row, f"{column}_paired_seeds", 0))
     return "–" if pd.isna(share) else f"{round(share * n)} of {n}"
 
 
@@ -234,7 +232,8 @@ def render_markdown(
             f"Every seed draws one labeled split that all runs share, so each run is compared "
             f"with {reference_label} seed by seed: the mean of its per-seed differences with a "
             "t-based 95% confidence interval, and on how many seeds it is strictly ahead. An "
-            "interval that excludes 0 says the runs differ beyond seed-to-seed noise.",
+            "interval that excludes 0 says the runs differ beyond seed-to-seed noise, each "
+            "interval on its own: they are not adjusted for comparing many runs at once.",
             "",
         ]
         lines += paired_table(table, reference_label) + [""]
