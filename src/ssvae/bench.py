@@ -320,8 +320,9 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or on CPU the processor's model, CPUs and threads."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return compute.device_name(device)
     cpuinfo = Path("/proc/cpuinfo")
     models = [
         line.split(":", 1)[1].strip()

@@ -42,8 +42,7 @@ def computation_table(seeds: pd.DataFrame, labels: pd.Series) -> list[str]:
     ]
     groups = seeds.groupby(["run", *COMPUTATION_COLUMNS], sort=False).size()
     for (run, *computation), n in groups.items():
-        cells = [labels.get(run, run), *computation, n]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+        lines.append(_row([labels.get(run, run), *computation, n]))
     return lines
 
 
