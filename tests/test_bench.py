@@ -71,7 +71,7 @@ def test_flops_per_step_match_a_count_by_hand(run: str, config: dict, prepared_m
     cfg = run_settings(config, run, seed=1)
     device = torch.device("cpu")
     images = bench.load_images(prepared_mnist, cfg, device)
-    model, optimizer = train.build_training(cfg, device)
+    model, optimizer = train.build_training(cfg, [cfg.seed], device)
     assert bench.step_flops(model, optimizer, images, cfg) == HAND_COUNTS[run]
 
 

@@ -9,7 +9,7 @@ from model_inputs import binary_images, labels, onehot
 
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MLP, ExactM2, Model, build_model
-from ssvae.nn import Subgraph, SubgraphBatchNorm
+from ssvae.nn import SeedRandom, Subgraph, SubgraphBatchNorm
 from ssvae.schedules import Annealing
 
 LOG_10 = math.log(10)
@@ -19,8 +19,7 @@ ANNEALED = Annealing(kl_z=0.3, kl_alpha=0.6, bound=0.7, classifier=0.2)
 
 
 def make_model(name: str = "ExactM2", params: dict | None = None) -> Model:
-    torch.manual_seed(0)
-    return build_model(name, params or {}, 0.25, CLASSIFIER_WEIGHT, 0.05).double()
+    return build_model(name, params or {}, 0.25, CLASSIFIER_WEIGHT, 0.05, [0]).double()
 
 
 def populated(model: Model) -> Model:
@@ -36,7 +35,7 @@ def populated(model: Model) -> Model:
 @pytest.fixture
 def unit_normal_draws(monkeypatch):
     """Every N(0, 1) draw of the models is 1, so z = mu + sigma exactly and reproducibly."""
-    monkeypatch.setattr(torch, "randn_like", torch.ones_like)
+    monkeypatch.setattr(SeedRandom, "randn_like", lambda self, x: torch.ones_like(x))
 
 
 def owner(module_name: str) -> str:
@@ -64,9 +63,9 @@ def reference_unlabeled_bound(model, x: torch.Tensor, kl_factor: float) -> torch
     pi = log_pi.exp()
     bound = (pi * log_pi).sum(-1) + LOG_10
     for c in range(10):
-        y = torch.full((len(x),), c)
+        y = torch.full(x.shape[:2], c)
         kl_z, nll_x = reference_vae_terms(model, onehot(y), hx, x, Subgraph.UNLABELED)
-        bound = bound + pi[:, c] * (kl_factor * kl_z + nll_x)
+        bound = bound + pi[..., c] * (kl_factor * kl_z + nll_x)
     return bound
 
 
@@ -77,15 +76,16 @@ def reference_labeled_bound(model, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 
 
 def summed_cross_entropy(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per seed."""
     hx = model.classifier.hidden(x, Subgraph.CLASSIFIER)
     logits = model.classifier.heads(hx, Subgraph.CLASSIFIER)[0]
-    return (logits.logsumexp(-1) - logits[torch.arange(len(y)), y]).sum()
+    return (logits.logsumexp(-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)).sum(-1)
 
 
 @pytest.mark.parametrize(("name", "expected"), [("ExactM2", 4_574_794), ("MLP", 2_765_410)])
 def test_parameter_count(name: str, expected: int) -> None:
-    model = build_model(name, {}, 0.25, CLASSIFIER_WEIGHT, 0.05)
-    assert sum(p.numel() for p in model.parameters()) == expected
+    model = build_model(name, {}, 0.25, CLASSIFIER_WEIGHT, 0.05, [0, 1])
+    assert sum(p[0].numel() for p in model.parameters()) == expected  # per seed
 
 
 class TestExactM2Bounds:
@@ -115,7 +115,7 @@ class TestExactM2Bounds:
         torch.testing.assert_close(path.bound, path.terms["KL_Z"] + path.terms["nllX"] + LOG_10)
         torch.testing.assert_close(path.surrogate, path.terms["nllX"] + LOG_10)
         # -log p(y) under the uniform prior, logged as p(x,y)/nllY as the original does.
-        torch.testing.assert_close(path.terms["nllY"], torch.full((4,), LOG_10, dtype=x.dtype))
+        torch.testing.assert_close(path.terms["nllY"], torch.full((1, 4), LOG_10, dtype=x.dtype))
 
     @torch.no_grad()
     def test_unlabeled_surrogate_anneals_the_kl_terms(self) -> None:
@@ -156,13 +156,13 @@ class TestSemiSupervisedObjective:
         labeled = model.labeled(x_labeled, y_labeled, ANNEALED)
         ce = summed_cross_entropy(model, x_labeled, y_labeled)
         expected_objective = (
-            ANNEALED.bound * (unlabeled.surrogate.sum() + labeled.surrogate.sum())
+            ANNEALED.bound * (unlabeled.surrogate.sum(-1) + labeled.surrogate.sum(-1))
             + ANNEALED.classifier * CLASSIFIER_WEIGHT * ce
         )
         torch.testing.assert_close(result.objective, expected_objective)
 
         metrics = result.metrics
-        bound_u, bound_l = unlabeled.bound.sum() / 4, labeled.bound.sum() / 4
+        bound_u, bound_l = unlabeled.bound.sum(-1) / 4, labeled.bound.sum(-1) / 4
         torch.testing.assert_close(metrics["boundU"], bound_u)
         torch.testing.assert_close(metrics["boundL"], bound_l)
         torch.testing.assert_close(metrics["bound"], bound_u + bound_l)
@@ -184,15 +184,15 @@ class TestSemiSupervisedObjective:
         norms = {n: m for n, m in model.named_modules() if isinstance(m, SubgraphBatchNorm)}
         assert {owner(name) for name in norms} == set(expected)
         for name, norm in norms.items():
-            updated = {s for s in Subgraph if norm.updated[s].item()}
-            moved = {s for s in Subgraph if not torch.all(norm.running_mean[s] == 0)}
+            updated = {s for s in Subgraph if norm.updated[0, s].item()}
+            moved = {s for s in Subgraph if not torch.all(norm.running_mean[0, s] == 0)}
             assert updated == moved == expected[owner(name)], name
 
     def test_enumerated_pass_normalises_over_all_ten_class_blocks(self) -> None:
         model = make_model().train()
         rows_seen = []
         model.z_encoder.stack.norms[0].register_forward_hook(
-            lambda module, args, output: rows_seen.append((args[1], len(args[0])))
+            lambda module, args, output: rows_seen.append((args[1], args[0].shape[1]))
         )
         with torch.no_grad():
             model(
@@ -205,7 +205,7 @@ class TestSemiSupervisedObjective:
         result = model(
             binary_images(8, seed=3), binary_images(8, seed=4), labels(8, seed=4), Annealing()
         )
-        result.objective.backward()
+        result.objective.sum().backward()
         for name, param in model.named_parameters():
             assert param.grad is not None, name
             assert torch.isfinite(param.grad).all(), name

@@ -18,7 +18,8 @@ import ssvae
 from ssvae import runfile
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MLP
-from ssvae.train import TrainingDiverged, add_l2_term, diverged_path, train
+from ssvae.nn import SeedLinear
+from ssvae.train import TrainingDiverged, add_l2_term, clip_grad_norms, diverged_path, train
 
 # Small batches keep the CPU time down; 20 unlabeled images still give ExactM2 the 200
 # class-enumerated q(z|.) rows from which the last 100 are kept.
@@ -234,22 +235,50 @@ def test_non_finite_objective_stops_the_run_and_keeps_the_epochs_before(
     assert history["valid"]["epoch"].tolist() == [0]
 
 
-def test_l2_term_adds_what_autograd_gives_for_the_penalty() -> None:
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(5, 3).double()
-    x = torch.randn(4, 5, dtype=torch.float64)
-    params = list(layer.parameters())
+def stacked_layer() -> tuple[SeedLinear, torch.Tensor]:
+    """A linear layer of 3 seeds with random weights, and an input for it."""
+    generator = torch.Generator().manual_seed(0)
+    layer = SeedLinear(3, 5, 4).double()
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64))
+    return layer, torch.randn(3, 6, 5, generator=generator, dtype=torch.float64)
 
-    penalty = sum(p.square().sum() for p in params)
-    (layer(x).square().sum() + 0.1 * penalty).backward()
+
+def test_l2_term_adds_what_autograd_gives_for_each_seeds_penalty() -> None:
+    layer, x = stacked_layer()
+    params = list(layer.parameters())
+    penalties = sum(p.square().flatten(1).sum(1) for p in params)  # (seeds,)
+    (layer(x).square().sum() + 0.1 * penalties.sum()).backward()
     expected = [p.grad.clone() for p in params]
 
     layer.zero_grad()
     layer(x).square().sum().backward()
-    norm = add_l2_term(params, 0.1)
+    norms = add_l2_term(params, 0.1)
     for param, grad in zip(params, expected, strict=True):
         torch.testing.assert_close(param.grad, grad)
-    torch.testing.assert_close(norm.square(), penalty.detach())
+    torch.testing.assert_close(norms.square(), penalties.detach())
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_each_seed_is_clipped_by_its_own_norm_as_torch_clips_one(max_norm: float) -> None:
+    """torch's clip_grad_norm_ on one seed's gradients: factor min(max_norm / (norm + 1e-6), 1)."""
+    layer, x = stacked_layer()
+    (layer(x).square() * torch.tensor([1.0, 10.0, 100.0]).view(3, 1, 1)).sum().backward()
+    params = list(layer.parameters())
+    expected_norms, expected_grads = [], []
+    for seed in range(3):
+        grads = [p.grad[seed].clone() for p in params]
+        norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
+        factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        expected_norms.append(norm)
+        expected_grads.append([g * factor for g in grads])
+    norms = clip_grad_norms(params, max_norm)
+    torch.testing.assert_close(norms, torch.stack(expected_norms))
+    for seed, grads in enumerate(expected_grads):
+        for param, grad in zip(params, grads, strict=True):
+            torch.testing.assert_close(param.grad[seed], grad)
+    assert norms.unique().numel() == 3  # three different norms: each seed is clipped by its own
 
 
 @pytest.mark.parametrize("flush", ["on", "off"])

@@ -28,6 +28,7 @@ from ssvae import compute, runfile, train
 from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
+from ssvae.nn import SeedLinear
 from ssvae.splits import labeled_indices
 
 REPO_ROOT = Path.cwd()
@@ -73,12 +74,12 @@ def load_images(data_path: Path, cfg: TrainConfig, device: torch.device) -> trai
     arrays = np.load(data_path)
     split = {"indices": labeled_indices(arrays["train_y"], cfg.seed).tolist()}
     arrays.close()
-    return train.load_images(data_path, split, device)
+    return train.load_images(data_path, [split], device)
 
 
 def step_flops(model, optimizer, images, cfg: TrainConfig) -> int:
     """Matmul FLOPs of one training step: the forward pass and its backward pass."""
-    index = torch.arange(cfg.batch_size, device=images.train_x.device)
+    index = torch.arange(cfg.batch_size, device=images.train_x.device).unsqueeze(0)
     coefficients = train.annealing_coefficients(0, cfg, images.train_x.device)[-1]
     step_fn = train.training_step(model, images, compiled=False)
     with FlopCounterMode(display=False) as counter:
@@ -94,7 +95,7 @@ def time_steps(model, optimizer, step_fn, images, cfg: TrainConfig, n_steps: int
     synchronize(device)
     started = time.perf_counter()
     while done < n_steps:
-        progress = train.EpochProgress.start(epoch, images)
+        progress = train.EpochProgress.start(epoch, images, model.random)
         target = min(cfg.steps_per_epoch, n_steps - done)
         train.train_steps(
             model,
@@ -126,7 +127,7 @@ def subnormal_shares(model, optimizer, step_fn, images, cfg: TrainConfig) -> dic
             lambda module, inputs, name=name: found.__setitem__(f"{name} input", share(inputs[0]))
         )
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
+        if isinstance(module, SeedLinear)
     ]
     try:
         time_steps(model, optimizer, step_fn, images, cfg, 1)
@@ -166,9 +167,8 @@ def bench_run(
 ) -> dict:
     """Time the step from a fresh start and, with `late_after`, again once training has run that
     many steps on real MNIST: late states hold values a fresh one does not (subnormal floats)."""
-    torch.manual_seed(cfg.seed)
     images = load_images(data_path, cfg, device)
-    model, optimizer = train.build_training(cfg, device)
+    model, optimizer = train.build_training(cfg, [cfg.seed], device)
     flops = step_flops(model, optimizer, images, cfg)
     step_fn = train.training_step(model, images, compiled, log)
     warmup_seconds = time_steps(model, optimizer, step_fn, images, cfg, warmup_steps)

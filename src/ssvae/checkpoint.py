@@ -1,10 +1,11 @@
 """Checkpoints of a training run, so that a killed or preempted job resumes where it stopped.
 
-A checkpoint holds everything the rest of the run depends on: model and optimizer state (the
-BatchNorm statistics are model buffers), every RNG state, the metric history so far, and where
-training stands (the next epoch, or a position inside an epoch). It also holds a fingerprint of
-the run's settings and of the training code; a checkpoint whose fingerprint differs is refused,
-never resumed silently.
+Each seed has its own checkpoint, whether it trained alone or in a pack: a checkpoint written by
+a pack resumes in a job of one seed and the other way round. It holds everything the rest of the
+seed's run depends on: its model and optimizer state (the BatchNorm statistics are model
+buffers), its random stream, the metric history so far, and where training stands (the next
+epoch, or a position inside an epoch). It also holds a fingerprint of the run's settings and of
+the training code; a checkpoint whose fingerprint differs is refused, never resumed silently.
 """
 
 import hashlib
@@ -50,48 +51,72 @@ def finished_copy_path(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.stem}.finished.h5")
 
 
-def rng_states() -> dict:
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["cpu"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def capture(fingerprint: dict, next_epoch: int, progress, model, optimizer, run_log,
-            wall_seconds: float) -> dict:  # fmt: skip
-    """The whole training state, to resume from: where training stands (the epoch to run next
-    and, mid-epoch, its progress), model, optimizer, every RNG state and what was logged."""
+def capture_seed(i: int, fingerprint: dict, next_epoch: int, progress: dict | None, model,
+                 optimizer, run_log, wall_seconds: float) -> dict:  # fmt: skip
+    """Seed i's whole training state, to resume from: where training stands (the epoch to run
+    next and, mid-epoch, its progress), its row of the model and of the optimizer state (the seed
+    dimension leads every tensor of both), its random stream and what it logged."""
     return {
         "fingerprint": fingerprint,
         "next_epoch": next_epoch,
-        "progress": None if progress is None else vars(progress),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_states(),
+        "progress": progress,
+        "model": {name: tensor[i].clone() for name, tensor in model.state_dict().items()},
+        "optimizer": _optimizer_rows(optimizer.state_dict(), lambda tensor, _: tensor[i].clone()),
+        "rng": model.random.generators[i].get_state(),
         "history": _map_values(run_log.history, lambda value: value),
         "extras": _map_values(run_log.arrays, torch.as_tensor),
         "wall_seconds": wall_seconds,
     }
 
 
-def restore(state: dict, model, optimizer) -> tuple[RunLog, int, dict | None, float]:
-    """Put a captured state back into the model, the optimizer and the RNGs; what was logged,
-    the epoch to run next, the progress within it (or None) and the wall seconds spent."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_states(state["rng"])
+def restore_seeds(states: list[dict], model, optimizer) -> list[dict] | None:
+    """Put the seeds' captured states (all at the same step) back into the pack's model,
+    optimizer and random streams; each seed's progress within the epoch, or None between
+    epochs."""
+    model.load_state_dict(
+        {
+            name: torch.stack([state["model"][name] for state in states])
+            for name in states[0]["model"]
+        }
+    )
+    per_seed = [state["optimizer"] for state in states]
+    optimizer.load_state_dict(
+        _optimizer_rows(per_seed[0], lambda _, path: torch.stack([_at(s, path) for s in per_seed]))
+    )
+    model.random.set_state([state["rng"] for state in states])
+    if states[0]["progress"] is None:
+        return None
+    return [state["progress"] for state in states]
+
+
+def seed_log(state: dict) -> tuple[RunLog, float]:
+    """What the seed had logged and the wall seconds it had spent."""
     arrays = _map_values(state["extras"], lambda value: value.numpy())
     run_log = RunLog(
         history={group: defaultdict(list, named) for group, named in state["history"].items()},
         arrays={group: defaultdict(list, named) for group, named in arrays.items()},
     )
-    return run_log, state["next_epoch"], state["progress"], state["wall_seconds"]
+    return run_log, state["wall_seconds"]
+
+
+def _optimizer_rows(state_dict: dict, convert) -> dict:
+    """The optimizer's state dict with `convert` applied to every per-parameter tensor that has
+    the seed dimension (Adam's moments); its step counts, shared by the seeds, as they are."""
+    return {
+        "state": {
+            key: {
+                name: convert(value, (key, name)) if value.dim() > 0 else value
+                for name, value in values.items()
+            }
+            for key, values in state_dict["state"].items()
+        },
+        "param_groups": state_dict["param_groups"],
+    }
+
+
+def _at(optimizer_state: dict, path: tuple):
+    key, name = path
+    return optimizer_state["state"][key][name]
 
 
 def _map_values(groups: dict, convert) -> dict:

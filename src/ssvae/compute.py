@@ -8,7 +8,6 @@ import torch
 import torch._dynamo.utils
 import torch._inductor.config
 
-from ssvae import checkpoint
 from ssvae.config import ConfigError
 
 # The calls of a compiled step that may still fail in compilation: dynamo and inductor compile
@@ -189,14 +188,14 @@ class TrainingStep:
         if self.guarded_calls == 0:
             return self.forward_backward(*args)
         self.guarded_calls -= 1
-        rng = checkpoint.rng_states()
+        random_states = self.model.random.get_state()
         buffers = [buffer.clone() for buffer in self.model.buffers()]
         try:
             return self.forward_backward(*args)
         except Exception as error:  # whatever compiling raises: the eager step still trains
             self.fallback = error_summary(error)
             self.log(f"compiling the step failed ({self.fallback}); training eagerly", flush=True)
-        checkpoint.restore_rng_states(rng)
+        self.model.random.set_state(random_states)
         with torch.no_grad():
             for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
                 buffer.copy_(saved)
@@ -206,7 +205,7 @@ class TrainingStep:
 
     def forward_backward(self, *args):
         objective, metrics = self.forward(*args)
-        objective.backward()
+        objective.sum().backward()  # the seeds' weights are apart: each gets its own gradient
         return objective.detach(), metrics
 
     def how_it_ran(self) -> dict:

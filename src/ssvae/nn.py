@@ -1,4 +1,10 @@
-"""Building blocks shared by every model (spec section 2): layers, networks and the basic terms."""
+"""Building blocks shared by every model (spec section 2): layers, networks and the basic terms.
+
+Every layer holds one set of weights per seed, stacked along a leading seed dimension, and every
+tensor flowing through a model is (seeds, batch, features): the seeds of one run train in one
+process with one batched matmul per layer (one seed is a pack of one). Seeds share nothing but
+shapes: each has its own weights, BatchNorm statistics and random stream.
+"""
 
 import math
 from enum import IntEnum
@@ -31,82 +37,96 @@ SUBGRAPH_NAMES = {
 
 
 class SubgraphBatchNorm(nn.Module):
-    """BatchNorm with one shared affine pair and one set of running statistics per sub-graph.
+    """BatchNorm with one shared affine pair and one set of running statistics per sub-graph,
+    per seed.
 
     As in the original: eps 1e-3, biased batch variance in training, unbiased variance in the
     running estimate, and a first update that copies the batch statistics (momentum 0.05 after).
     """
 
-    def __init__(self, width: int, momentum: float = 0.05, eps: float = 1e-3):
+    def __init__(self, seeds: int, width: int, momentum: float = 0.05, eps: float = 1e-3):
         super().__init__()
         self.momentum = momentum
         self.eps = eps
-        self.gamma = nn.Parameter(torch.empty(width))
-        self.beta = nn.Parameter(torch.empty(width))
+        self.gamma = nn.Parameter(torch.empty(seeds, width))
+        self.beta = nn.Parameter(torch.empty(seeds, width))
         n_subgraphs = len(Subgraph)
-        self.register_buffer("running_mean", torch.zeros(n_subgraphs, width))
-        self.register_buffer("running_var", torch.ones(n_subgraphs, width))
-        self.register_buffer("updated", torch.zeros(n_subgraphs, 1, dtype=torch.bool))
+        self.register_buffer("running_mean", torch.zeros(seeds, n_subgraphs, width))
+        self.register_buffer("running_var", torch.ones(seeds, n_subgraphs, width))
+        self.register_buffer("updated", torch.zeros(seeds, n_subgraphs, 1, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
+        # torch's kernel normalises each column of (batch, seeds * width): each seed's units
+        # over its own batch. A view for one seed, a copy for more.
+        seeds, batch, width = x.shape
+        columns = x.transpose(0, 1).reshape(batch, seeds * width)
+        gamma, beta = self.gamma.reshape(-1), self.beta.reshape(-1)
         if not self.training:
-            return F.batch_norm(
-                x,
-                self.running_mean[subgraph],
-                self.running_var[subgraph],
-                self.gamma,
-                self.beta,
+            out = F.batch_norm(
+                columns,
+                self.running_mean[:, subgraph].reshape(-1),
+                self.running_var[:, subgraph].reshape(-1),
+                gamma,
+                beta,
                 training=False,
                 eps=self.eps,
             )
-        # torch's fused kernel, told momentum 1, writes the batch mean and unbiased variance into
+            return out.view(batch, seeds, width).transpose(0, 1)
+        # The fused kernel, told momentum 1, writes the batch mean and unbiased variance into
         # these; the original's update rule then applies them (several times faster than
         # normalising by hand, forward and backward).
-        batch_mean = x.new_zeros(x.shape[-1])
-        batch_var = x.new_zeros(x.shape[-1])
+        batch_mean = x.new_zeros(seeds * width)
+        batch_var = x.new_zeros(seeds * width)
         out = F.batch_norm(
-            x,
-            batch_mean,
-            batch_var,
-            self.gamma,
-            self.beta,
-            training=True,
-            momentum=1.0,
-            eps=self.eps,
+            columns, batch_mean, batch_var, gamma, beta, training=True, momentum=1.0, eps=self.eps
         )
-        self._update_running(subgraph, batch_mean, batch_var)
-        return out
+        self._update_running(subgraph, batch_mean.view(seeds, width), batch_var.view(seeds, width))
+        return out.view(batch, seeds, width).transpose(0, 1)
 
     @torch.no_grad()
     def _update_running(self, subgraph: Subgraph, mean, unbiased_var) -> None:
-        first = self.updated[subgraph]  # torch.where keeps the update free of host syncs
-        self.running_mean[subgraph] = torch.where(
-            first, torch.lerp(self.running_mean[subgraph], mean, self.momentum), mean
+        first = self.updated[:, subgraph]  # torch.where keeps the update free of host syncs
+        self.running_mean[:, subgraph] = torch.where(
+            first, torch.lerp(self.running_mean[:, subgraph], mean, self.momentum), mean
         )
-        self.running_var[subgraph] = torch.where(
-            first, torch.lerp(self.running_var[subgraph], unbiased_var, self.momentum), unbiased_var
+        self.running_var[:, subgraph] = torch.where(
+            first,
+            torch.lerp(self.running_var[:, subgraph], unbiased_var, self.momentum),
+            unbiased_var,
         )
-        self.updated[subgraph] = True
+        self.updated[:, subgraph] = True
+
+
+class SeedLinear(nn.Module):
+    """A linear layer per seed: x (seeds, batch, in) -> (seeds, batch, out), one batched matmul."""
+
+    def __init__(self, seeds: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(seeds, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(seeds, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
 class Maxout(torch.autograd.Function):
-    """The max over the pieces (axis 1 of (batch, pieces, width)), whose gradient goes to every
+    """The max over the pieces (axis -2 of (..., pieces, width)), whose gradient goes to every
     piece equal to the max, as Theano's does, through a mask kept from the forward pass; torch's
     max/amax backward costs 5-10x more on CPU."""
 
     @staticmethod
     def forward(ctx, pieces: torch.Tensor) -> torch.Tensor:
-        out = pieces.amax(1)
+        out = pieces.amax(-2)
         if ctx.needs_input_grad[0]:
             # Written into a float tensor: several times faster on CPU than a bool result.
-            winners = torch.eq(pieces, out.unsqueeze(1), out=torch.empty_like(pieces))
+            winners = torch.eq(pieces, out.unsqueeze(-2), out=torch.empty_like(pieces))
             ctx.save_for_backward(winners)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (winners,) = ctx.saved_tensors
-        return winners * grad.unsqueeze(1)
+        return winners * grad.unsqueeze(-2)
 
 
 class MaxoutStack(nn.Module):
@@ -118,13 +138,16 @@ class MaxoutStack(nn.Module):
     which torch reduces 5-20x faster than a last axis of 4.
     """
 
-    def __init__(self, in_dim: int, width: int, n_layers: int, batchnorm: bool):
+    def __init__(self, seeds: int, in_dim: int, width: int, n_layers: int, batchnorm: bool):
         super().__init__()
         self.width = width
         dims = [in_dim] + [width] * n_layers
-        self.linears = nn.ModuleList(nn.Linear(d_in, MAXOUT_PIECES * width) for d_in in dims[:-1])
+        self.linears = nn.ModuleList(
+            SeedLinear(seeds, d_in, MAXOUT_PIECES * width) for d_in in dims[:-1]
+        )
         self.norms = nn.ModuleList(
-            SubgraphBatchNorm(MAXOUT_PIECES * width) for _ in range(n_layers if batchnorm else 0)
+            SubgraphBatchNorm(seeds, MAXOUT_PIECES * width)
+            for _ in range(n_layers if batchnorm else 0)
         )
 
     def forward(self, h: torch.Tensor, subgraph: Subgraph | None = None) -> torch.Tensor:
@@ -143,17 +166,21 @@ class ClassifierNet(nn.Module):
     one clipped logit vector for every model but LogisticNormal, which asks for two unclipped ones.
     """
 
-    def __init__(self, dropout: float, n_outputs: int = 1, clip: bool = True):
+    def __init__(self, random: "SeedRandom", dropout: float, n_outputs: int = 1,
+                 clip: bool = True):  # fmt: skip
         super().__init__()
+        self.random = random
         self.dropout = dropout
         self.clip = clip
-        self.trunk = MaxoutStack(N_PIXELS, 300, n_layers=4, batchnorm=True)
-        self.head = MaxoutStack(300, 300, n_layers=2, batchnorm=True)
-        self.outputs = nn.ModuleList(nn.Linear(300, N_CLASSES) for _ in range(n_outputs))
+        seeds = random.seeds
+        self.trunk = MaxoutStack(seeds, N_PIXELS, 300, n_layers=4, batchnorm=True)
+        self.head = MaxoutStack(seeds, 300, 300, n_layers=2, batchnorm=True)
+        self.outputs = nn.ModuleList(SeedLinear(seeds, 300, N_CLASSES) for _ in range(n_outputs))
 
     def hidden(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
         # A fresh dropout mask per call: the three sub-graphs see independent masks (spec 2.4).
-        return self.trunk(input_dropout(x, self.dropout, self.training), subgraph)
+        x = input_dropout(x, self.dropout, self.training, self.random)
+        return self.trunk(x, subgraph)
 
     def heads(self, hx: torch.Tensor, subgraph: Subgraph) -> list[torch.Tensor]:
         h = self.head(hx, subgraph)
@@ -164,12 +191,12 @@ class ClassifierNet(nn.Module):
 class ZEncoder(nn.Module):
     """q(z | a, x): embed the class code a, join it to h(x), 2 maxout+BN layers, mu and logvar."""
 
-    def __init__(self):
+    def __init__(self, seeds: int):
         super().__init__()
-        self.embed = nn.Linear(N_CLASSES, 300)
-        self.stack = MaxoutStack(600, 300, n_layers=2, batchnorm=True)
-        self.mu = nn.Linear(300, Z_DIM)
-        self.logcov2 = nn.Linear(300, Z_DIM)
+        self.embed = SeedLinear(seeds, N_CLASSES, 300)
+        self.stack = MaxoutStack(seeds, 600, 300, n_layers=2, batchnorm=True)
+        self.mu = SeedLinear(seeds, 300, Z_DIM)
+        self.logcov2 = SeedLinear(seeds, 300, Z_DIM)
 
     def forward(self, a: torch.Tensor, hx: torch.Tensor, subgraph: Subgraph):
         h = self.stack(torch.cat([self.embed(a), hx], dim=-1), subgraph)
@@ -179,33 +206,82 @@ class ZEncoder(nn.Module):
 class Decoder(nn.Module):
     """p(x | a, z): 4 maxout layers without BatchNorm, then Bernoulli logits over the pixels."""
 
-    def __init__(self):
+    def __init__(self, seeds: int):
         super().__init__()
-        self.stack = MaxoutStack(N_CLASSES + Z_DIM, 200, n_layers=4, batchnorm=False)
-        self.out = nn.Linear(200, N_PIXELS)
+        self.stack = MaxoutStack(seeds, N_CLASSES + Z_DIM, 200, n_layers=4, batchnorm=False)
+        self.out = SeedLinear(seeds, 200, N_PIXELS)
 
     def forward(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.stack(torch.cat([a, z], dim=-1)))
 
 
-def bernoulli_draw(p: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+class SeedRandom:
+    """One torch.Generator per seed, started from the seed: what a seed draws does not depend on
+    which seeds train beside it. Each draw is (seeds, ...), row i from seed i's own stream. The
+    weights' initialisation, every training draw and the evaluation draws come from it."""
+
+    def __init__(self, seeds: list[int], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.generators)
+
+    def each(self, draw, *per_seed: torch.Tensor) -> torch.Tensor:
+        """`draw(generator, *rows)` for every seed, with that seed's row of each `per_seed`
+        tensor, stacked along a leading seed dimension."""
+        draws = [draw(g, *rows) for g, *rows in zip(self.generators, *per_seed, strict=True)]
+        return draws[0].unsqueeze(0) if len(draws) == 1 else torch.stack(draws)
+
+    def rand_like(self, x: torch.Tensor) -> torch.Tensor:
+        """U[0, 1) shaped like x (seeds, ...)."""
+        shape = x.shape[1:]
+        return self.each(lambda g: torch.rand(shape, generator=g, dtype=x.dtype, device=x.device))
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """N(0, 1) shaped like x (seeds, ...)."""
+        shape = x.shape[1:]
+        return self.each(lambda g: torch.randn(shape, generator=g, dtype=x.dtype, device=x.device))
+
+    def randint(self, high: int, shape: tuple) -> torch.Tensor:
+        return self.each(lambda g: torch.randint(high, shape, generator=g, device=self.device))
+
+    def randperm(self, n: int) -> torch.Tensor:
+        return self.each(lambda g: torch.randperm(n, generator=g, device=self.device))
+
+    def gamma(self, concentration: torch.Tensor) -> torch.Tensor:
+        """Gamma(concentration, 1) for concentration (seeds, ...)."""
+        return self.each(lambda g, row: torch._standard_gamma(row, generator=g), concentration)
+
+    def get_state(self) -> list[torch.Tensor]:
+        return [generator.get_state() for generator in self.generators]
+
+    def set_state(self, states: list[torch.Tensor]) -> None:
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
+
+
+def bernoulli_draw(p: torch.Tensor | float, like: torch.Tensor, random: SeedRandom) -> torch.Tensor:
     """1.0 with probability p, else 0.0, shaped like `like`: u < p with u ~ U[0, 1), compared
     straight into a float tensor, 2-3x faster on CPU than torch.bernoulli or a bool compare."""
-    return torch.lt(torch.rand_like(like), p, out=torch.empty_like(like))
+    return torch.lt(random.rand_like(like), p, out=torch.empty_like(like))
 
 
-def input_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def input_dropout(x: torch.Tensor, p: float, training: bool, random: SeedRandom) -> torch.Tensor:
     """Keep each input with probability 1 - p and scale the kept ones by 1/(1 - p) (spec 2.4)."""
     if not training or p == 0:
         return x
-    return x * bernoulli_draw(1 - p, x) / (1 - p)
+    return x * bernoulli_draw(1 - p, x, random) / (1 - p)
 
 
-def init_uniform_(module: nn.Module) -> None:
-    """The original's init: every trainable tensor from U(-0.1, 0.1)."""
+def init_uniform_(module: nn.Module, random: SeedRandom) -> None:
+    """The original's init: every trainable tensor from U(-0.1, 0.1), each seed's slice from its
+    own stream."""
     with torch.no_grad():
         for param in module.parameters():
-            param.uniform_(-INIT_RANGE, INIT_RANGE)
+            for row, generator in zip(param, random.generators, strict=True):
+                row.uniform_(-INIT_RANGE, INIT_RANGE, generator=generator)
 
 
 def gaussian_kl(mu: torch.Tensor, logcov2: torch.Tensor) -> torch.Tensor:
@@ -236,20 +312,28 @@ def relaxed_one_hot(
     return hard - soft.detach() + soft
 
 
-def gumbel_noise(shape, like: torch.Tensor) -> torch.Tensor:
+def gumbel_noise(like: torch.Tensor, random: SeedRandom) -> torch.Tensor:
     """-log(-log u) with u ~ U(1e-10, 1 - 1e-10), as the original draws it."""
-    u = torch.rand(shape, dtype=like.dtype, device=like.device) * (1 - 2e-10) + 1e-10
+    u = random.rand_like(like) * (1 - 2e-10) + 1e-10
     return -torch.log(-torch.log(u))
 
 
-def sample_log_gamma(concentration: torch.Tensor) -> torch.Tensor:
+def categorical_draw(probs: torch.Tensor, random: SeedRandom) -> torch.Tensor:
+    """One class per row of probs (..., classes), by inverting the cumulative sum at a uniform
+    draw: one draw per row whatever the seeds, and a row of NaNs (a diverged seed) draws a class
+    instead of stopping the seeds beside it, as torch.multinomial would."""
+    u = random.rand_like(probs[..., :1])
+    below = (probs.cumsum(-1) <= u).sum(-1)
+    return below.clamp(max=probs.shape[-1] - 1)
+
+
+def sample_log_gamma(concentration: torch.Tensor, random: SeedRandom) -> torch.Tensor:
     """log G with G ~ Gamma(concentration, 1), drawn in log space and without gradient.
 
     log G(b) = log G(b + 1) + log(U) / b: for small b the result is a large negative number
     rather than the log(0) = -inf a direct Gamma(b) draw underflows to (spec 7.16).
     """
     with torch.no_grad():
-        # Unvalidated: checking the concentration would read it back to the host every step.
-        boosted = torch.distributions.Gamma(concentration + 1, 1.0, validate_args=False).sample()
-        log_uniform = -torch.empty_like(concentration).exponential_()
+        boosted = random.gamma(concentration + 1)
+        log_uniform = torch.log1p(-random.rand_like(concentration))  # log of U(0, 1]: finite
         return boosted.log() + log_uniform / concentration

@@ -1,8 +1,13 @@
-"""Train one (run, seed) and write its metrics file (spec section 4).
+"""Train the seeds of one run, together, and write each seed's metrics file (spec section 4).
 
 Epochs 0..E each run `steps_per_epoch` optimizer steps; after epoch e the learning rate decays,
 every `eval_every` epochs (and after the last) the whole validation split is evaluated and decoder
 samples are drawn, and after the last epoch the test split is evaluated once.
+
+The seeds of a job (a pack: one seed, or several) train in one process on weights stacked along a
+leading seed dimension (ssvae.nn). Nothing of a seed depends on the seeds beside it: its labeled
+split, its random stream, its BatchNorm statistics, its L2 term and gradient clipping, its Adam
+state, its divergence, its checkpoint and its run file are its own.
 """
 
 import json
@@ -10,7 +15,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from ssvae.config import ConfigError, TrainConfig, settings_help
 from ssvae.errors import UserError, exit_on_user_error
 from ssvae.io import check_writable, link_atomic
 from ssvae.models import SemiSupervisedVAE, build_model
-from ssvae.nn import N_CLASSES, Z_DIM, bernoulli_draw
+from ssvae.nn import N_CLASSES, Z_DIM, SeedRandom, bernoulli_draw
 from ssvae.schedules import Annealing, annealing, learning_rate
 from ssvae.splits import read_split
 
@@ -41,9 +46,9 @@ def diverged_path(out_path: Path) -> Path:
     return out_path.with_name(f"{out_path.stem}.diverged{out_path.suffix}")
 
 
-def binarize(x: torch.Tensor) -> torch.Tensor:
+def binarize(x: torch.Tensor, random: SeedRandom) -> torch.Tensor:
     """A fresh Bernoulli draw of every pixel, each time a batch is used (spec 1.3)."""
-    return bernoulli_draw(x, x)
+    return bernoulli_draw(x, x, random)
 
 
 def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -52,49 +57,58 @@ def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device=device, dtype=torch.get_default_dtype()) / 256.0
 
 
-def _means(sums: dict, count: int) -> dict[str, float]:
+def per_seed_means(sums: dict, count: int) -> list[dict[str, float]]:
+    """{name: (seeds,) sums} -> one {name: mean} per seed, read from the device at once."""
     stacked = torch.stack(list(sums.values())).double().cpu() / count  # one host sync
-    return dict(zip(sums, stacked.tolist(), strict=True))
+    return [dict(zip(sums, column, strict=True)) for column in stacked.T.tolist()]
 
 
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int):
-    """Metrics over a whole split; both slots get the images, binarised separately (spec 1.5)."""
+    """Each seed's metrics over a whole split, and its z statistics (None without a decoder);
+    both slots get the images, binarised separately (spec 1.5)."""
     model.eval()
+    seeds = model.random.seeds
     sums = defaultdict(float)
-    kl_per_dim = torch.zeros(Z_DIM, device=images.device)
+    kl_per_dim = torch.zeros(seeds, Z_DIM, device=images.device)
     last_unlabeled = None
     for start in range(0, len(images), batch_size):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        x_unlabeled = binarize(x) if model.has_decoder else None
-        result = model(x_unlabeled, binarize(x), y, Annealing())
+        x = images[start : start + batch_size].expand(seeds, -1, -1)
+        y = labels[start : start + batch_size].expand(seeds, -1)
+        x_unlabeled = binarize(x, model.random) if model.has_decoder else None
+        result = model(x_unlabeled, binarize(x, model.random), y, Annealing())
         for name, value in result.metrics.items():
-            sums[name] = sums[name] + value * len(x)
+            sums[name] = sums[name] + value * x.shape[1]
         if result.unlabeled is not None:
-            kl_per_dim += result.unlabeled.kl_z_per_dim.sum(0)
+            kl_per_dim += result.unlabeled.kl_z_per_dim.sum(1)
             last_unlabeled = result.unlabeled
-    metrics = _means(sums, len(images))
-    z_stats = None
-    if last_unlabeled is not None:
-        z_stats = {
-            "mu_last_batch": last_unlabeled.mu[-Z_ROWS_KEPT:].cpu().numpy(),
-            "logcov2_last_batch": last_unlabeled.logcov2[-Z_ROWS_KEPT:].cpu().numpy(),
-            "kl_per_dim_mean": (kl_per_dim / len(images)).cpu().numpy(),
-        }
-    return metrics, z_stats
+    metrics = per_seed_means(sums, len(images))
+    if last_unlabeled is None:
+        return [(seed_metrics, None) for seed_metrics in metrics]
+    mu = last_unlabeled.mu[:, -Z_ROWS_KEPT:].cpu().numpy()
+    logcov2 = last_unlabeled.logcov2[:, -Z_ROWS_KEPT:].cpu().numpy()
+    kl_mean = (kl_per_dim / len(images)).cpu().numpy()
+    return [
+        (seed_metrics, {"mu_last_batch": m, "logcov2_last_batch": c, "kl_per_dim_mean": k})
+        for seed_metrics, m, c, k in zip(metrics, mu, logcov2, kl_mean, strict=True)
+    ]
 
 
-def decoder_samples(model: SemiSupervisedVAE, device: torch.device) -> np.ndarray:
-    """Bernoulli means for z ~ N(0, I) and classes 0..9 in blocks of 100 (spec 4.8), as uint8."""
+def decoder_samples(model: SemiSupervisedVAE) -> np.ndarray:
+    """Per seed, Bernoulli means for z ~ N(0, I) and classes 0..9 in blocks of 100 (spec 4.8),
+    as uint8: (seeds, 1000, 784)."""
+    device = model.random.device
     classes = torch.eye(N_CLASSES, device=device).repeat_interleave(SAMPLES_PER_CLASS, dim=0)
-    z = torch.randn(len(classes), Z_DIM, device=device)
+    classes = classes.expand(model.random.seeds, -1, -1)
+    z = model.random.randn_like(classes.new_empty(*classes.shape[:2], Z_DIM))
     means = model.decode_means(classes, z)
     return (means * 255).round().to(torch.uint8).cpu().numpy()
 
 
 @dataclass
 class Images:
-    """The splits on the training device: pixel intensities in [0, 1), labels as int64."""
+    """The splits on the training device: pixel intensities in [0, 1), labels as int64; the
+    labeled images per seed, (seeds, labeled, ...)."""
 
     train_x: torch.Tensor
     labeled_x: torch.Tensor
@@ -103,15 +117,20 @@ class Images:
     test: tuple[torch.Tensor, torch.Tensor]
 
 
-def load_images(data_path: Path, split: dict, device: torch.device) -> Images:
+def load_images(data_path: Path, splits: list[dict], device: torch.device) -> Images:
+    """The images, with each seed's labeled split (all of the same size)."""
     arrays = data.load(data_path)
     train_x = to_pixels(arrays["train_x"], device)
-    out_of_range = [i for i in split["indices"] if not 0 <= i < len(train_x)]
-    if out_of_range:
-        raise ConfigError(
-            f"split: labeled index {out_of_range[0]} is outside the {len(train_x)} training images"
-        )
-    labeled = torch.as_tensor(split["indices"], device=device)
+    for split in splits:
+        out_of_range = [i for i in split["indices"] if not 0 <= i < len(train_x)]
+        if out_of_range:
+            raise ConfigError(
+                f"split: labeled index {out_of_range[0]} is outside the {len(train_x)} "
+                "training images"
+            )
+    if len({len(split["indices"]) for split in splits}) > 1:
+        raise ConfigError("split: the seeds of a job have labeled splits of different sizes")
+    labeled = torch.as_tensor([split["indices"] for split in splits], device=device)
     return Images(
         train_x=train_x,
         labeled_x=train_x[labeled],
@@ -129,55 +148,103 @@ def load_images(data_path: Path, split: dict, device: torch.device) -> Images:
 
 @dataclass
 class EpochProgress:
-    """Where training stands inside one epoch; metric sums stay on the device."""
+    """Where training stands inside one epoch; per-seed tensors lead with the seed dimension
+    and stay on the device."""
 
     epoch: int
-    order: torch.Tensor  # this epoch's permutation of the unlabeled images
+    order: torch.Tensor  # (seeds, images): each seed's permutation of the unlabeled images
     steps_done: int = 0
-    sums: torch.Tensor | None = None  # the step metrics, summed, in `metric_names` order
+    sums: torch.Tensor | None = None  # (seeds, metrics): step metrics summed, `metric_names` order
     metric_names: list[str] = field(default_factory=list)
-    first_bad_step: torch.Tensor | None = None
+    first_bad_step: torch.Tensor | None = None  # (seeds,): -1 while the objective is finite
     seconds: float = 0.0  # training time spent in this epoch so far
 
     @classmethod
-    def start(cls, epoch: int, images: Images) -> "EpochProgress":
-        device = images.train_x.device
+    def start(cls, epoch: int, images: Images, random: SeedRandom) -> "EpochProgress":
         return cls(
             epoch=epoch,
-            order=torch.randperm(len(images.train_x), device=device),
-            first_bad_step=torch.tensor(-1, device=device),
+            order=random.randperm(len(images.train_x)),
+            first_bad_step=torch.full((random.seeds,), -1, device=images.train_x.device),
         )
+
+    def of_seed(self, i: int) -> dict:
+        """Seed i's part, as its checkpoint holds it."""
+        seed_rows = {"order": self.order[i], "first_bad_step": self.first_bad_step[i]}
+        if self.sums is not None:
+            seed_rows["sums"] = self.sums[i]
+        return vars(self) | seed_rows
+
+    @classmethod
+    def of_seeds(cls, parts: list[dict]) -> "EpochProgress":
+        """The pack's progress from each seed's part (all at the same step)."""
+        stacked = {
+            name: torch.stack([part[name] for part in parts])
+            for name in ("order", "first_bad_step", "sums")
+            if parts[0][name] is not None
+        }
+        return cls(**(parts[0] | stacked))
 
 
 def step_objective(model, images: Images, unlabeled_index: torch.Tensor,
                    coefficients: torch.Tensor):  # fmt: skip
-    """One step's batch, drawn and binarised on the device, and the model's objective and metrics
-    on it: everything of a step before the backward pass, which a compiled step captures."""
+    """One step's batch per seed, drawn and binarised on the device, and the model's objective
+    and metrics on it: everything of a step before the backward pass, which a compiled step
+    captures. `unlabeled_index` is (seeds, batch)."""
+    random = model.random
     x_unlabeled = None
     if model.has_decoder:  # it learns from the unlabeled images too, in a fresh order each epoch
-        x_unlabeled = binarize(images.train_x[unlabeled_index])
+        x_unlabeled = binarize(images.train_x[unlabeled_index], random)
     labeled_x, labeled_y = images.labeled_x, images.labeled_y
-    pick = torch.randint(len(labeled_x), unlabeled_index.shape, device=labeled_x.device)
+    pick = random.randint(labeled_x.shape[1], unlabeled_index.shape[1:])
+    seed_rows = torch.arange(random.seeds, device=pick.device).unsqueeze(1)
     coefs = Annealing(*coefficients.unbind())
-    result = model(x_unlabeled, binarize(labeled_x[pick]), labeled_y[pick], coefs)
+    x_labeled = binarize(labeled_x[seed_rows, pick], random)
+    result = model(x_unlabeled, x_labeled, labeled_y[seed_rows, pick], coefs)
     return result.objective, result.metrics
+
+
+def seed_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Each seed's 2-norm over all the tensors (seeds, ...): one foreach pass over every seed's
+    row of every tensor, then (seeds,)."""
+    rows = [row for tensor in tensors for row in tensor]
+    row_norms = torch.stack(torch._foreach_norm(rows)).view(len(tensors), -1)
+    return torch.linalg.vector_norm(row_norms, dim=0)
 
 
 @torch.no_grad()
 def add_l2_term(params: list, l2: float) -> torch.Tensor:
     """Add the gradient of l2 * (sum of squared parameters), 2 * l2 * p, to every gradient and
-    return the parameters' norm. The L2 term belongs to the summed loss, so clipping sees it
-    (spec 4.3, 4.4); added here rather than through autograd, it costs 2 passes over the
+    return each seed's parameter norm. The L2 term belongs to the summed loss, so clipping sees
+    it (spec 4.3, 4.4); added here rather than through autograd, it costs 2 passes over the
     parameters instead of 6."""
     torch._foreach_add_([p.grad for p in params], params, alpha=2 * l2)
-    return torch.nn.utils.get_total_norm(params)
+    return seed_norms(params)
 
 
-def build_training(cfg: TrainConfig, device: torch.device):
-    """The run's model, initialised from the seed's torch RNG state, and its optimizer."""
+@torch.no_grad()
+def clip_grad_norms(params: list, max_norm: float) -> torch.Tensor:
+    """Scale each seed's gradients to a 2-norm of at most max_norm, as torch's
+    clip_grad_norm_ does for one (factor max_norm / (norm + 1e-6), at most 1); each seed's norm
+    before clipping, (seeds,)."""
+    grads = [p.grad for p in params]
+    norms = seed_norms(grads)
+    factors = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, [factors.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+    return norms
+
+
+def build_training(cfg: TrainConfig, seeds: list[int], device: torch.device):
+    """The run's model for `seeds`, initialised from each seed's own stream, and its optimizer
+    (elementwise, so each seed's Adam state is its own)."""
     model = build_model(
-        cfg.model, cfg.params, cfg.input_dropout, cfg.classifier_weight, cfg.z_noise_std
-    ).to(device)
+        cfg.model,
+        cfg.params,
+        cfg.input_dropout,
+        cfg.classifier_weight,
+        cfg.z_noise_std,
+        seeds,
+        device,
+    )
     # One fused kernel for all parameters instead of a dozen tensor ops per parameter.
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True
@@ -209,11 +276,13 @@ def training_step(model, images: Images, compiled: bool, log=print) -> compute.T
 
 def train_steps(model, optimizer, step_fn: compute.TrainingStep, images: Images,
                 cfg: TrainConfig, progress: EpochProgress, stop) -> bool:  # fmt: skip
-    """Run the rest of an epoch's steps, or until `stop()` says to halt at a step boundary;
-    True when the epoch is complete. No host sync per step: `stop` reads a Python flag."""
+    """Run the rest of an epoch's steps for every seed of the pack, or until `stop()` says to
+    halt at a step boundary; True when the epoch is complete. No host sync per step: `stop`
+    reads a Python flag."""
     model.train()
     params = list(model.parameters())
-    max_grad_norm = cfg.grad_norm_per_1000 * sum(p.numel() for p in params) / 1000
+    # The original's threshold, from one seed's parameter count.
+    max_grad_norm = cfg.grad_norm_per_1000 * sum(p[0].numel() for p in params) / 1000
     batch = cfg.batch_size
     device = images.train_x.device
     coefficients = annealing_coefficients(progress.epoch, cfg, device)
@@ -221,12 +290,12 @@ def train_steps(model, optimizer, step_fn: compute.TrainingStep, images: Images,
     while progress.steps_done < cfg.steps_per_epoch and not stop():
         i = progress.steps_done
         step = progress.epoch * cfg.steps_per_epoch + i + 1
-        unlabeled_index = progress.order[i * batch : (i + 1) * batch]
+        unlabeled_index = progress.order[:, i * batch : (i + 1) * batch]
         optimizer.zero_grad(set_to_none=True)
         model_objective, metrics = step_fn(unlabeled_index, coefficients[i])
         param_norm = add_l2_term(params, cfg.l2)
         objective = model_objective + cfg.l2 * param_norm.square()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+        grad_norm = clip_grad_norms(params, max_grad_norm)
         optimizer.step()
 
         progress.first_bad_step = torch.where(
@@ -239,7 +308,7 @@ def train_steps(model, optimizer, step_fn: compute.TrainingStep, images: Images,
             "pnorm": param_norm,
             "gnorm": grad_norm.clamp(max=max_grad_norm),  # the norm after clipping
         }
-        values = torch.stack([value.detach() for value in metrics.values()])
+        values = torch.stack([value.detach() for value in metrics.values()], dim=1)
         if progress.sums is None:
             progress.metric_names, progress.sums = list(metrics), torch.zeros_like(values)
         progress.sums += values
@@ -249,161 +318,297 @@ def train_steps(model, optimizer, step_fn: compute.TrainingStep, images: Images,
 
 
 def epoch_means(progress: EpochProgress, cfg: TrainConfig, model):
-    """The epoch's metric means, read from the device once."""
-    if progress.first_bad_step.item() >= 0:
-        raise TrainingDiverged(
-            f"{cfg.run} seed {cfg.seed}: non-finite loss at epoch {progress.epoch}, "
-            f"step {progress.first_bad_step.item()}"
-        )
-    means = (progress.sums.double() / cfg.steps_per_epoch).tolist()  # the one host sync
-    metrics = dict(zip(progress.metric_names, means, strict=True))
+    """Each seed's epoch metric means, read from the device once, and the step at which its
+    objective first went non-finite (-1: it did not)."""
+    sums = (progress.sums.double() / cfg.steps_per_epoch).tolist()  # the one host sync
+    bad_steps = progress.first_bad_step.tolist()
+    logged = {}
     if model.has_decoder:  # the original's MLP has no annealing variables to log
         coefficients = annealing_coefficients(progress.epoch, cfg, torch.device("cpu"))
         means = Annealing(*coefficients.double().mean(0).tolist())
         for name, mean in vars(means).items():
-            metrics[f"hyperparameters/annealing/{name}"] = mean
+            logged[f"hyperparameters/annealing/{name}"] = mean
         # Linear in the coefficients, so the epoch mean of each is its value at their means.
         for name, value in model.logged_hyperparameters(means).items():
-            metrics[f"hyperparameters/{name}"] = value
-    return metrics
+            logged[f"hyperparameters/{name}"] = value
+    metrics = [dict(zip(progress.metric_names, row, strict=True)) | logged for row in sums]
+    return metrics, bad_steps
 
 
 class Preempted(UserError):
     """Training stopped on request (SIGTERM or SIGINT) after writing a checkpoint."""
 
 
-def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
-          device: torch.device, log=print, checkpoint_path: Path | None = None,
-          checkpoint_every: int = 0, stop=lambda: False,
-          compiled: bool = False) -> None:  # fmt: skip
-    """Train and write the run file. With `checkpoint_path`, the full training state goes there
-    every `checkpoint_every` epochs and when `stop()` turns true (then Preempted is raised), and
-    a run that finds a checkpoint from the same settings and code resumes from it. `compiled`
-    runs the step through torch.compile (CUDA graphs on CUDA)."""
-    run_started = time.perf_counter()
-    # Outputs that could not be written at the end are refused before any training.
-    for path in (out_path, diverged_path(out_path), checkpoint_path):
-        if path is not None:
-            check_writable(path)
-    expected = checkpoint.fingerprint(cfg.to_json())
-    # What the run computes and how: recorded in the run file; a finished copy of a run file
-    # stands in for training only where all of it is the same.
-    computation = {
+@dataclass
+class SeedFiles:
+    """Where one seed of a job reads its labeled split and writes its run file and checkpoint."""
+
+    split: Path
+    out: Path
+    checkpoint: Path | None = None
+
+    @property
+    def finished_copy(self) -> Path | None:
+        return None if self.checkpoint is None else checkpoint.finished_copy_path(self.checkpoint)
+
+
+@dataclass
+class Seed:
+    """One seed of a pack: its settings and files, what it computes and how (its run file
+    records it), and its training state."""
+
+    cfg: TrainConfig
+    files: SeedFiles
+    computation: dict
+    split: dict | None = None
+    saved: dict | None = None  # the checkpoint it resumes from
+    run_log: runfile.RunLog = field(default_factory=runfile.RunLog)
+    wall_before: float = 0.0  # seconds spent in earlier attempts
+    diverged: str = ""  # why it stopped, if its objective went non-finite
+
+    @property
+    def position(self) -> tuple:
+        """Where its training stands: the next epoch, and the step inside it."""
+        if self.saved is None:
+            return (0, 0)
+        progress = self.saved["progress"]
+        return (self.saved["next_epoch"], 0 if progress is None else progress["steps_done"])
+
+
+def computation(cfg: TrainConfig, device: torch.device, compiled: bool) -> dict:
+    """What a seed computes and how: recorded in its run file; a finished copy of a run file
+    stands in for training only where all of it is the same."""
+    return {
         "config": json.loads(cfg.to_json()),
-        "code_digest": expected["code"],
+        "code_digest": checkpoint.code_digest(),
         **compute.versions(),
         "device": compute.device_name(device),
         "compiled_step": compiled,
         "tf32": torch.backends.cuda.matmul.allow_tf32,
     }
-    finished_copy = (
-        None if checkpoint_path is None else checkpoint.finished_copy_path(checkpoint_path)
-    )
-    if finished_copy is not None and finished_copy.exists():
-        if runfile.records(finished_copy, computation):
-            link_atomic(finished_copy, out_path)
-            log(f"this run had already completed: {out_path} recovered from {finished_copy}")
-            return
-        finished_copy.unlink()  # another computation's result, superseded by this run
-    torch.manual_seed(cfg.seed)
-    split = read_split(split_path)
-    if split["seed"] != cfg.seed:
-        raise ConfigError(f"seed: {cfg.seed} does not match the split file's seed {split['seed']}")
-    images = load_images(data_path, split, device)
+
+
+def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
+          device: torch.device, log=print, checkpoint_path: Path | None = None,
+          checkpoint_every: int = 0, stop=lambda: False,
+          compiled: bool = False) -> None:  # fmt: skip
+    """Train one seed: a pack of one (see `train_pack`)."""
+    files = SeedFiles(split_path, out_path, checkpoint_path)
+    train_pack([cfg], data_path, [files], device, log, checkpoint_every, stop, compiled)
+
+
+def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
+               device: torch.device, log=print, checkpoint_every: int = 0,
+               stop=lambda: False, compiled: bool = False) -> None:  # fmt: skip
+    """Train the seeds of one run together and write each one's run file. With checkpoint
+    files, each seed's training state goes to its own every `checkpoint_every` epochs and when
+    `stop()` turns true (then Preempted is raised), and a seed that finds a checkpoint from the
+    same settings and code resumes from it; seeds whose checkpoints stand at different steps
+    train one group after another. A seed that diverges keeps what it logged in
+    metrics.diverged.h5 while the others finish; TrainingDiverged is raised at the end.
+    `compiled` runs the step through torch.compile (CUDA graphs on CUDA)."""
+    started = time.perf_counter()
+    check_one_run(cfgs, files)
+    # Outputs that could not be written at the end are refused before any training.
+    for seed_files in files:
+        for path in (seed_files.out, diverged_path(seed_files.out), seed_files.checkpoint):
+            if path is not None:
+                check_writable(path)
+    seeds = []
+    for cfg, seed_files in zip(cfgs, files, strict=True):
+        seed = Seed(cfg, seed_files, computation(cfg, device, compiled))
+        if not recovered_finished_copy(seed, log):
+            seeds.append(seed)
+    for seed in seeds:
+        seed.split = read_split(seed.files.split)
+        if seed.split["seed"] != seed.cfg.seed:
+            raise ConfigError(
+                f"seed: {seed.cfg.seed} does not match the seed {seed.split['seed']} of the "
+                f"split file {seed.files.split}"
+            )
+        if seed.files.checkpoint is not None and seed.files.checkpoint.exists():
+            expected = checkpoint.fingerprint(seed.cfg.to_json())
+            seed.saved = checkpoint.load(seed.files.checkpoint, expected, device)
+    groups = defaultdict(list)
+    for seed in seeds:
+        groups[seed.position].append(seed)
+    for position in sorted(groups):
+        train_group(groups[position], data_path, device, log, checkpoint_every, stop, compiled,
+                    started)  # fmt: skip
+    diverged = [seed.diverged for seed in seeds if seed.diverged]
+    if diverged:
+        raise TrainingDiverged("; ".join(diverged))
+
+
+def check_one_run(cfgs: list[TrainConfig], files: list[SeedFiles]) -> None:
+    """A pack is seeds of one run: the same settings but the seed, each seed once."""
+    if len(files) != len(cfgs):
+        raise ConfigError(f"{len(cfgs)} seeds but files for {len(files)}")
+    seeds = [cfg.seed for cfg in cfgs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: {seeds} names a seed twice")
+    for cfg in cfgs[1:]:
+        if replace(cfg, seed=cfgs[0].seed) != cfgs[0]:
+            raise ConfigError(
+                f"seeds: seed {cfg.seed} has other settings than seed {cfgs[0].seed}; a job "
+                "trains the seeds of one run"
+            )
+
+
+def recovered_finished_copy(seed: Seed, log) -> bool:
+    """Whether the seed had completed: its finished copy (from the same computation) becomes
+    its run file. A finished copy of another computation is superseded and removed."""
+    finished_copy = seed.files.finished_copy
+    if finished_copy is None or not finished_copy.exists():
+        return False
+    if runfile.records(finished_copy, seed.computation):
+        link_atomic(finished_copy, seed.files.out)
+        log(f"seed {seed.cfg.seed} had already completed: {seed.files.out} recovered from "
+            f"{finished_copy}")  # fmt: skip
+        return True
+    finished_copy.unlink()
+    return False
+
+
+def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
+                checkpoint_every: int, stop, compiled: bool, started: float) -> None:  # fmt: skip
+    """Train seeds that stand at the same step together, to the end of the run."""
+    cfg = seeds[0].cfg
+    names = " ".join(str(seed.cfg.seed) for seed in seeds)
+    images = load_images(data_path, [seed.split for seed in seeds], device)
     if cfg.steps_per_epoch * cfg.batch_size > len(images.train_x):
         raise ConfigError(
             f"steps_per_epoch: {cfg.steps_per_epoch} batches of {cfg.batch_size} exceed the "
             f"{len(images.train_x)} training images"
         )
-    model, optimizer = build_training(cfg, device)
-    n_params = sum(p.numel() for p in model.parameters())
+    model, optimizer = build_training(cfg, [seed.cfg.seed for seed in seeds], device)
+    n_params = sum(p[0].numel() for p in model.parameters())
     step_fn = training_step(model, images, compiled, log)
     log(
-        f"{cfg.run} seed {cfg.seed}: {cfg.model}, {n_params:,} parameters, device {device}, "
-        f"epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step "
+        f"{cfg.run} seed{'s' * (len(seeds) > 1)} {names}: {cfg.model}, {n_params:,} parameters "
+        f"per seed, device {device}, epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step "
         f"{'compiled' if compiled else 'eager'}, {torch.get_num_threads()} CPU threads"
     )
-    run_log, first_epoch, progress, wall_before = runfile.RunLog(), 0, None, 0.0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = checkpoint.load(checkpoint_path, expected, device)
-        run_log, first_epoch, saved_progress, wall_before = checkpoint.restore(
-            state, model, optimizer
-        )
-        if saved_progress is not None:
-            progress = EpochProgress(**saved_progress)
+    first_epoch, progress = 0, None
+    if seeds[0].saved is not None:
+        saved = [seed.saved for seed in seeds]
+        first_epoch = saved[0]["next_epoch"]
+        progress_parts = checkpoint.restore_seeds(saved, model, optimizer)
+        if progress_parts is not None:
+            progress = EpochProgress.of_seeds(progress_parts)
+        for seed, state in zip(seeds, saved, strict=True):
+            seed.run_log, seed.wall_before = checkpoint.seed_log(state)
         where = f"step {progress.steps_done} of " if progress else ""
-        log(f"resumed from {checkpoint_path}: {where}epoch {first_epoch}", flush=True)
+        log(f"seed{'s' * (len(seeds) > 1)} {names} resumed from checkpoint: {where}epoch "
+            f"{first_epoch}", flush=True)  # fmt: skip
 
-    def wall_seconds() -> float:
-        return wall_before + time.perf_counter() - run_started
+    def wall_seconds(seed: Seed) -> float:
+        return seed.wall_before + time.perf_counter() - started
 
-    def save(path: Path, status: str) -> None:
-        how = computation | step_fn.how_it_ran()
-        run_log.write(path, run_attributes(cfg, how, n_params, status, wall_seconds()))
+    def save(seed: Seed, path: Path, status: str) -> None:
+        how = seed.computation | step_fn.how_it_ran()
+        attributes = run_attributes(seed.cfg, how, n_params, status, wall_seconds(seed))
+        seed.run_log.write(path, attributes | {"seeds_in_job": [s.cfg.seed for s in seeds]})
 
-    def save_checkpoint(next_epoch: int) -> None:
-        state = checkpoint.capture(
-            expected, next_epoch, progress, model, optimizer, run_log, wall_seconds()
-        )
-        checkpoint.save(checkpoint_path, state)
+    def save_checkpoints(next_epoch: int) -> None:
+        for i, seed in enumerate(seeds):
+            if seed.files.checkpoint is None or seed.diverged:
+                continue
+            state = checkpoint.capture_seed(
+                i,
+                checkpoint.fingerprint(seed.cfg.to_json()),
+                next_epoch,
+                None if progress is None else progress.of_seed(i),
+                model,
+                optimizer,
+                seed.run_log,
+                wall_seconds(seed),
+            )
+            checkpoint.save(seed.files.checkpoint, state)
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         lr = learning_rate(epoch, cfg.lr, cfg.lr_decay, cfg.lr_floor)
         if progress is None:  # a resumed epoch keeps its optimizer state, lr included
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            progress = EpochProgress.start(epoch, images)
+            progress = EpochProgress.start(epoch, images, model.random)
         if not train_steps(model, optimizer, step_fn, images, cfg, progress, stop):
-            if checkpoint_path is None:
-                raise Preempted(f"stopped at epoch {epoch}, step {progress.steps_done}")
-            save_checkpoint(epoch)
+            stopped = f"stopped at epoch {epoch}, step {progress.steps_done}"
+            if seeds[0].files.checkpoint is None:
+                raise Preempted(stopped)
+            save_checkpoints(epoch)
+            written = [str(seed.files.checkpoint) for seed in seeds if not seed.diverged]
             raise Preempted(
-                f"stopped at epoch {epoch}, step {progress.steps_done}; checkpoint written to "
-                f"{checkpoint_path}, rerun to resume"
+                f"{stopped}; checkpoint{'s' * (len(written) > 1)} written to "
+                f"{', '.join(written)}, rerun to resume"
             )
-        try:
-            metrics = epoch_means(progress, cfg, model)
-        except TrainingDiverged as err:
-            # Snakemake deletes a failed job's output, so what was computed goes beside it.
-            kept = diverged_path(out_path)
-            save(kept, "diverged")
-            raise TrainingDiverged(f"{err}; the epochs before it are kept in {kept}") from None
+        metrics, bad_steps = epoch_means(progress, cfg, model)
         epoch_seconds = progress.seconds
         progress = None
-        metrics |= {
+        for seed, bad_step in zip(seeds, bad_steps, strict=True):
+            if bad_step >= 0 and not seed.diverged:
+                # Snakemake deletes a failed job's outputs, so what was computed goes beside.
+                kept = diverged_path(seed.files.out)
+                save(seed, kept, "diverged")
+                seed.diverged = (
+                    f"{cfg.run} seed {seed.cfg.seed}: non-finite loss at epoch {epoch}, step "
+                    f"{bad_step}; the epochs before it are kept in {kept}"
+                )
+                log(seed.diverged, flush=True)
+        if all(seed.diverged for seed in seeds):
+            return
+        shared = {
             "hyperparameters/lr": lr,
             "hyperparameters/update_ctr": (epoch + 1) * cfg.steps_per_epoch,
             "duration": epoch_seconds,
         }
-        run_log.record("train", epoch, metrics)
-        line = f"epoch {epoch:3d}/{cfg.epochs}  train loss {metrics['loss']:9.2f}"
-        line += f"  acc {metrics['accuracy']:.3f}"
+        lines = {
+            seed.cfg.seed: f"epoch {epoch:3d}/{cfg.epochs}  train loss "
+            f"{seed_metrics['loss']:9.2f}  acc {seed_metrics['accuracy']:.3f}"
+            for seed, seed_metrics in zip(seeds, metrics, strict=True)
+        }
+        for seed, seed_metrics in zip(seeds, metrics, strict=True):
+            seed.run_log.record("train", epoch, seed_metrics | shared)
 
         last_epoch = epoch == cfg.epochs
         evaluation_started = time.perf_counter()
-        if epoch % cfg.eval_every == 0 or last_epoch:
-            valid_metrics, z_stats = evaluate(model, *images.valid, cfg.batch_size)
-            run_log.record("valid", epoch, valid_metrics)
-            line += f"  valid loss {valid_metrics['loss']:9.2f}"
-            line += f"  acc {valid_metrics['accuracy']:.4f}"
-            if model.has_decoder:
-                run_log.record("z_stats", epoch, z_stats)
-                run_log.record("samples", epoch, {"p(x)": decoder_samples(model, device)})
-        if last_epoch:
-            test_metrics, _ = evaluate(model, *images.test, cfg.batch_size)
-            run_log.record("test", epoch, test_metrics)
-            line += f"  test acc {test_metrics['accuracy']:.4f}"
-        line += f"  lr {lr:.3e}  {epoch_seconds:6.1f} s training"
+        evaluations = {"valid": epoch % cfg.eval_every == 0 or last_epoch, "test": last_epoch}
+        for split, due in evaluations.items():
+            if not due:
+                continue
+            results = evaluate(model, *getattr(images, split), cfg.batch_size)
+            for seed, (split_metrics, z_stats) in zip(seeds, results, strict=True):
+                seed.run_log.record(split, epoch, split_metrics)
+                accuracy = f"acc {split_metrics['accuracy']:.4f}"
+                if split == "valid":
+                    lines[seed.cfg.seed] += f"  valid loss {split_metrics['loss']:9.2f}  {accuracy}"
+                else:
+                    lines[seed.cfg.seed] += f"  test {accuracy}"
+                if split == "valid" and z_stats is not None:
+                    seed.run_log.record("z_stats", epoch, z_stats)
+            if split == "valid" and model.has_decoder:
+                for seed, grid in zip(seeds, decoder_samples(model), strict=True):
+                    seed.run_log.record("samples", epoch, {"p(x)": grid})
         # Evaluation and samples (a host sync each), so that a job's time adds up from its log.
         evaluation_seconds = time.perf_counter() - evaluation_started
-        log(f"{line}  {evaluation_seconds:6.1f} s evaluation", flush=True)
+        for seed in seeds:
+            if not seed.diverged:
+                prefix = f"seed {seed.cfg.seed}  " if len(seeds) > 1 else ""
+                log(
+                    f"{prefix}{lines[seed.cfg.seed]}  lr {lr:.3e}  {epoch_seconds:6.1f} s "
+                    f"training  {evaluation_seconds:6.1f} s evaluation",
+                    flush=True,
+                )
         due = checkpoint_every > 0 and (epoch + 1) % checkpoint_every == 0
-        if checkpoint_path is not None and due and not last_epoch:
-            save_checkpoint(epoch + 1)
-    save(out_path, "complete")
-    if checkpoint_path is not None:
-        link_atomic(out_path, finished_copy)
-        checkpoint_path.unlink(missing_ok=True)  # the run file now holds everything
+        if due and not last_epoch:
+            save_checkpoints(epoch + 1)
+    for seed in seeds:
+        if seed.diverged:
+            continue
+        save(seed, seed.files.out, "complete")
+        if seed.files.checkpoint is not None:
+            link_atomic(seed.files.out, seed.files.finished_copy)
+            seed.files.checkpoint.unlink(missing_ok=True)  # the run file now holds everything
 
 
 def run_attributes(cfg: TrainConfig, computation: dict, n_params: int, status: str,
@@ -426,22 +631,35 @@ def run_attributes(cfg: TrainConfig, computation: dict, n_params: int, status: s
 
 def main(argv: list[str] | None = None) -> None:
     parser = entry_point_parser(
-        "ssvae-train", "Train one (run, seed) and write its metrics HDF5 file.", settings_help()
+        "ssvae-train",
+        "Train the seeds of one run together (one seed, or a pack of several) and write each "
+        "seed's metrics HDF5 file.",
+        settings_help(),
     )
     parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
-    parser.add_argument("--split", type=Path, required=True, help="labeled split JSON of the seed")
     parser.add_argument(
         "--run-config",
         required=True,
         help="JSON object of TrainConfig settings (run, model, seed, ...)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="metrics .h5 to write")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train these seeds together (default: the run config's seed); the files below are "
+        "given once per seed, in this order",
+    )
+    parser.add_argument(
+        "--split", type=Path, nargs="+", required=True, help="labeled split JSON of each seed"
+    )
+    parser.add_argument("--out", type=Path, nargs="+", required=True, help="metrics .h5 to write")
     compute.add_compute_options(parser)
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="file for the training state: written every --checkpoint-every epochs and on "
-        "SIGTERM or SIGINT, resumed from when present, deleted when the run completes (which "
+        nargs="+",
+        help="file for each seed's training state: written every --checkpoint-every epochs and "
+        "on SIGTERM or SIGINT, resumed from when present, deleted when the run completes (which "
         "leaves a finished copy of the run file beside it, <stem>.finished.h5)",
     )
     parser.add_argument(
@@ -455,20 +673,27 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--checkpoint-every must be at least 0, not {args.checkpoint_every}")
     with exit_on_user_error("ssvae-train"):
         try:
-            cfg = TrainConfig.from_dict(json.loads(args.run_config))
+            run_config = json.loads(args.run_config)
         except json.JSONDecodeError as err:
             raise ConfigError(f"--run-config is not valid JSON ({err})") from None
+        if not isinstance(run_config, dict):
+            raise ConfigError("--run-config must be a JSON object")
+        seeds = args.seeds if args.seeds else [run_config.get("seed")]
+        cfgs = [TrainConfig.from_dict(run_config | {"seed": seed}) for seed in seeds]
+        checkpoints = args.checkpoint or [None] * len(seeds)
+        for option, paths in (("--split", args.split), ("--out", args.out),
+                              ("--checkpoint", checkpoints)):  # fmt: skip
+            if len(paths) != len(seeds):
+                raise ConfigError(f"{option}: {len(paths)} paths for {len(seeds)} seeds")
+        files = [SeedFiles(*paths) for paths in zip(args.split, args.out, checkpoints, strict=True)]
         device, compiled = compute.apply_compute_options(args)
-        stop = stop_on_signals()
-        train(
-            cfg,
+        train_pack(
+            cfgs,
             args.data,
-            args.split,
-            args.out,
+            files,
             device,
-            checkpoint_path=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
-            stop=stop,
+            stop=stop_on_signals(),
             compiled=compiled,
         )
 

@@ -1,15 +1,14 @@
 """ApproxM2: one y ~ q(y|x) per unlabeled example, trained by REINFORCE (spec 3.3)."""
 
-import torch
 import torch.nn.functional as F
 
 from ssvae.models.sampled_m2 import SampledM2
-from ssvae.nn import N_CLASSES
+from ssvae.nn import N_CLASSES, categorical_draw
 
 
 class ApproxM2(SampledM2):
     def sample_y(self, logits, annealing):
         log_pi = F.log_softmax(logits, dim=-1)
-        drawn = torch.multinomial(log_pi.detach().exp(), 1).squeeze(-1)
+        drawn = categorical_draw(log_pi.detach().exp(), self.random)
         y = F.one_hot(drawn, N_CLASSES).to(logits.dtype)
-        return y, log_pi.gather(-1, drawn[:, None]).squeeze(-1)
+        return y, log_pi.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)

@@ -1,4 +1,8 @@
-"""What every model shares: the classifier terms, and the semi-supervised objective (spec 3.1)."""
+"""What every model shares: the classifier terms, and the semi-supervised objective (spec 3.1).
+
+Tensors are (seeds, batch, ...) and every term is per seed (ssvae.nn): the objective a step
+differentiates is one value per seed, as is every logged metric.
+"""
 
 import math
 from dataclasses import dataclass
@@ -11,6 +15,7 @@ from ssvae.nn import (
     N_CLASSES,
     ClassifierNet,
     Decoder,
+    SeedRandom,
     Subgraph,
     ZEncoder,
     bernoulli_nll,
@@ -32,20 +37,20 @@ class Setting:
 
 @dataclass
 class PathTerms:
-    """One VAE path (unlabeled or labeled) on a batch, every tensor per example."""
+    """One VAE path (unlabeled or labeled) on a batch, every tensor per seed and example."""
 
     bound: torch.Tensor  # the reported negative ELBO
     surrogate: torch.Tensor  # what training differentiates: annealed, with any score-function term
     terms: dict[str, torch.Tensor]  # logged components (KL_Z, nllX, KL_Y, ...)
     mu: torch.Tensor  # q(z|.) rows as the model arranges them (ExactM2: 10 class blocks)
     logcov2: torch.Tensor
-    kl_z_per_dim: torch.Tensor  # (batch, 50); for ExactM2 weighted by q(y|x) over the classes
+    kl_z_per_dim: torch.Tensor  # (seeds, batch, 50); ExactM2: weighted by q(y|x) over classes
 
 
 @dataclass
 class StepResult:
-    objective: torch.Tensor  # the summed training objective without the L2 term
-    metrics: dict[str, torch.Tensor]  # scalars per batch, named as in the original's output.h5
+    objective: torch.Tensor  # (seeds,): the summed training objective without the L2 term
+    metrics: dict[str, torch.Tensor]  # (seeds,) per batch, named as in the original's output.h5
     unlabeled: PathTerms | None = None
 
 
@@ -60,10 +65,13 @@ class Model(nn.Module):
     classifier_outputs = 1
     clip_logits = True
 
-    def __init__(self, input_dropout: float, classifier_weight: float):
+    def __init__(self, random: SeedRandom, input_dropout: float, classifier_weight: float):
         super().__init__()
+        self.random = random  # the seeds' own random streams (not module state)
         self.classifier_weight = classifier_weight
-        self.classifier = ClassifierNet(input_dropout, self.classifier_outputs, self.clip_logits)
+        self.classifier = ClassifierNet(
+            random, input_dropout, self.classifier_outputs, self.clip_logits
+        )
 
     @classmethod
     def resolve_params(cls, params: dict) -> dict[str, float]:
@@ -85,7 +93,7 @@ class Model(nn.Module):
         return {name: float(params.get(name, s.default)) for name, s in cls.settings.items()}
 
     def reset_parameters(self) -> None:
-        init_uniform_(self)
+        init_uniform_(self, self.random)
 
     def logged_hyperparameters(self, annealing: Annealing) -> dict[str, float]:
         """What the original logs each epoch under hyperparameters/ beside the annealing
@@ -102,10 +110,10 @@ class Model(nn.Module):
     def classifier_terms(self, x: torch.Tensor, y: torch.Tensor, annealing: Annealing):
         """Summed cross-entropy and the per-batch classifier metrics (accuracy, weighted CE)."""
         log_probs = self.classifier_log_probs(x, annealing)
-        ce = F.nll_loss(log_probs, y, reduction="sum")
+        ce = -log_probs.gather(-1, y.unsqueeze(-1)).sum((-2, -1))
         metrics = {
-            "classifier": self.classifier_weight * ce / len(y),
-            "accuracy": (log_probs.argmax(-1) == y).float().mean(),
+            "classifier": self.classifier_weight * ce / y.shape[-1],
+            "accuracy": (log_probs.argmax(-1) == y).to(log_probs.dtype).mean(-1),
         }
         return ce, metrics
 
@@ -119,24 +127,25 @@ class SemiSupervisedVAE(Model):
 
     has_decoder = True
 
-    def __init__(self, input_dropout: float, classifier_weight: float, z_noise_std: float):
-        super().__init__(input_dropout, classifier_weight)
+    def __init__(self, random: SeedRandom, input_dropout: float, classifier_weight: float,
+                 z_noise_std: float):  # fmt: skip
+        super().__init__(random, input_dropout, classifier_weight)
         self.z_noise_std = z_noise_std
-        self.z_encoder = ZEncoder()
-        self.decoder = Decoder()
+        self.z_encoder = ZEncoder(random.seeds)
+        self.decoder = Decoder(random.seeds)
 
     def unlabeled(self, x: torch.Tensor, annealing: Annealing) -> PathTerms:
         raise NotImplementedError
 
     def sample_z(self, a: torch.Tensor, hx: torch.Tensor, subgraph: Subgraph):
         mu, logcov2 = self.z_encoder(a, hx, subgraph)
-        z = mu + torch.exp(0.5 * logcov2) * torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logcov2) * self.random.randn_like(mu)
         return z, mu, logcov2
 
     def reconstruction_nll(self, a: torch.Tensor, z: torch.Tensor, x: torch.Tensor):
         """-log p(x | a, z); training adds N(0, 0.05^2) noise to z, after the KL (spec 2.4)."""
         if self.training and self.z_noise_std > 0:
-            z = z + self.z_noise_std * torch.randn_like(z)
+            z = z + self.z_noise_std * self.random.randn_like(z)
         return bernoulli_nll(self.decoder(a, z), x)
 
     def z_and_reconstruction(self, a, hx, x, subgraph: Subgraph):
@@ -166,22 +175,22 @@ class SemiSupervisedVAE(Model):
         unl = self.unlabeled(x_unlabeled, annealing)
         lab = self.labeled(x_labeled, y_labeled, annealing)
         ce, metrics = self.classifier_terms(x_labeled, y_labeled, annealing)
-        n_unlabeled = len(x_unlabeled)
+        n_unlabeled = x_unlabeled.shape[-2]
         objective = (
-            annealing.bound * (unl.surrogate.sum() + lab.surrogate.sum())
+            annealing.bound * (unl.surrogate.sum(-1) + lab.surrogate.sum(-1))
             + annealing.classifier * self.classifier_weight * ce
         )
         # Both bounds are normalised by the unlabeled batch size, as in the original (spec 7.20).
-        bound_u = unl.bound.sum() / n_unlabeled
-        bound_l = lab.bound.sum() / n_unlabeled
+        bound_u = unl.bound.sum(-1) / n_unlabeled
+        bound_l = lab.bound.sum(-1) / n_unlabeled
         metrics |= {
             "boundU": bound_u,
             "boundL": bound_l,
             "bound": bound_u + bound_l,
             "loss": bound_u + bound_l + self.classifier_weight * ce / n_unlabeled,
         }
-        metrics |= {f"p(x)/{k}": v.mean() for k, v in unl.terms.items()}
-        metrics |= {f"p(x,y)/{k}": v.mean() for k, v in lab.terms.items()}
+        metrics |= {f"p(x)/{k}": v.mean(-1) for k, v in unl.terms.items()}
+        metrics |= {f"p(x,y)/{k}": v.mean(-1) for k, v in lab.terms.items()}
         return StepResult(objective, metrics, unl)
 
     @torch.no_grad()

@@ -12,24 +12,23 @@ class ExactM2(SemiSupervisedVAE):
     # The original doubles KL_Z inside the unlabeled sum (spec 7.2); 1.0 gives the true ELBO.
     settings = {"kl_factor": Setting(default=2.0)}
 
-    def __init__(self, input_dropout, classifier_weight, z_noise_std, kl_factor: float):
-        super().__init__(input_dropout, classifier_weight, z_noise_std)
+    def __init__(self, random, input_dropout, classifier_weight, z_noise_std, kl_factor: float):
+        super().__init__(random, input_dropout, classifier_weight, z_noise_std)
         self.kl_factor = kl_factor
 
     def unlabeled(self, x: torch.Tensor, annealing: Annealing) -> PathTerms:
-        batch = len(x)
+        seeds, batch = x.shape[:2]
         hx = self.classifier.hidden(x, Subgraph.UNLABELED)
         logits = self.classifier.heads(hx, Subgraph.UNLABELED)[0]
         pi = F.softmax(logits, dim=-1)
         # One batched pass over all classes: block c holds every example paired with y = c.
         classes = torch.eye(N_CLASSES, dtype=x.dtype, device=x.device)
-        y_blocks = classes.repeat_interleave(batch, dim=0)
-        z, mu, logcov2 = self.sample_z(y_blocks, hx.repeat(N_CLASSES, 1), Subgraph.UNLABELED)
-        kl_z_dims = gaussian_kl(mu, logcov2).view(N_CLASSES, batch, -1)
-        kl_z = kl_z_dims.sum(-1).T  # (batch, class)
-        nll_x = (
-            self.reconstruction_nll(y_blocks, z, x.repeat(N_CLASSES, 1)).view(N_CLASSES, batch).T
-        )
+        y_blocks = classes.repeat_interleave(batch, dim=0).expand(seeds, -1, -1)
+        z, mu, logcov2 = self.sample_z(y_blocks, hx.repeat(1, N_CLASSES, 1), Subgraph.UNLABELED)
+        kl_z_dims = gaussian_kl(mu, logcov2).view(seeds, N_CLASSES, batch, -1)
+        kl_z = kl_z_dims.sum(-1).transpose(1, 2)  # (seeds, batch, class)
+        nll_x = self.reconstruction_nll(y_blocks, z, x.repeat(1, N_CLASSES, 1))
+        nll_x = nll_x.view(seeds, N_CLASSES, batch).transpose(1, 2)
         kl_y = categorical_kl_uniform(logits)
         # The KL_Z term as it enters the bound, factor included: the original logs it so.
         kl_z_term = self.kl_factor * (pi * kl_z).sum(-1)
@@ -40,5 +39,5 @@ class ExactM2(SemiSupervisedVAE):
             terms={"KL_Y": kl_y, "KL_Z": kl_z_term, "nllX": expected_nll_x},
             mu=mu,
             logcov2=logcov2,
-            kl_z_per_dim=torch.einsum("bc,cbd->bd", pi, kl_z_dims),
+            kl_z_per_dim=torch.einsum("sbc,scbd->sbd", pi, kl_z_dims),
         )

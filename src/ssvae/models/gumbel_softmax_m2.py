@@ -9,12 +9,12 @@ class GumbelSoftmaxM2(SampledM2):
     settings = {"sharpening": Setting()}  # the inverse temperature; explicit per run
     straight_through = False
 
-    def __init__(self, input_dropout, classifier_weight, z_noise_std, sharpening: float):
-        super().__init__(input_dropout, classifier_weight, z_noise_std)
+    def __init__(self, random, input_dropout, classifier_weight, z_noise_std, sharpening: float):
+        super().__init__(random, input_dropout, classifier_weight, z_noise_std)
         self.sharpening = sharpening
 
     def sample_y(self, logits, annealing):
-        noise = gumbel_noise(logits.shape, logits)
+        noise = gumbel_noise(logits, self.random)
         s = self.sharpening * annealing.sharpening
         return relaxed_one_hot(logits, noise, s, self.straight_through), None
 

@@ -12,8 +12,9 @@ from ssvae.schedules import Annealing
 class LogGamma(LatentClassVAE):
     settings = {"sharpening": Setting(), "betaprior": Setting(default=0.2)}
 
-    def __init__(self, input_dropout, classifier_weight, z_noise_std, sharpening, betaprior):
-        super().__init__(input_dropout, classifier_weight, z_noise_std)
+    def __init__(self, random, input_dropout, classifier_weight, z_noise_std, sharpening,
+                 betaprior):  # fmt: skip
+        super().__init__(random, input_dropout, classifier_weight, z_noise_std)
         self.sharpening = sharpening
         self.betaprior = betaprior
 
@@ -27,7 +28,7 @@ class LogGamma(LatentClassVAE):
         beta = self.classifier.heads(hx, subgraph)[0].exp()  # clipped logits: beta in [e^-5, e^5]
         if y is not None:
             beta = beta + F.one_hot(y, N_CLASSES).to(x.dtype)
-        u = sample_log_gamma(beta.detach())
+        u = sample_log_gamma(beta.detach(), self.random)
         alpha = F.softmax(self.sharpening * annealing.sharpening * u, dim=-1)
         b0 = torch.as_tensor(self.betaprior, dtype=x.dtype, device=x.device)
         kl_lg = (torch.lgamma(b0) - torch.lgamma(beta) - (b0 - beta) * torch.digamma(beta)).sum(-1)
@@ -37,9 +38,9 @@ class LogGamma(LatentClassVAE):
         terms = {"KL_loggamma": kl_lg, "KL_Z": kl_z, "nllX": nll_x}
         nll = nll_x
         if y is not None:  # -E_Dir(beta)[log alpha_y], analytic; it ignores sharpening
-            terms["nllY"] = (
-                torch.digamma(beta.sum(-1)) - torch.digamma(beta.gather(-1, y[:, None]))[:, 0]
-            )
+            terms["nllY"] = torch.digamma(beta.sum(-1)) - torch.digamma(
+                beta.gather(-1, y.unsqueeze(-1))
+            ).squeeze(-1)
             nll = nll_x + terms["nllY"]
         # Score function without baseline on both paths; f leaves out KL_loggamma and nllY.
         score = (annealing.kl_z * kl_z + nll_x).detach() * log_q_u

@@ -23,15 +23,15 @@ class LogisticNormal(LatentClassVAE):
     classifier_outputs = 2  # mu_alpha and logcov2_alpha
     clip_logits = False
 
-    def __init__(self, input_dropout, classifier_weight, z_noise_std, sharpening, eps_mean,
-                 posterior_val):  # fmt: skip
-        super().__init__(input_dropout, classifier_weight, z_noise_std)
+    def __init__(self, random, input_dropout, classifier_weight, z_noise_std, sharpening,
+                 eps_mean, posterior_val):  # fmt: skip
+        super().__init__(random, input_dropout, classifier_weight, z_noise_std)
         self.sharpening = sharpening
         self.eps_mean = eps_mean
         self.label_shift = math.log1p(math.exp(posterior_val))  # softplus
 
     def sample_log_alpha(self, mu, logcov2, annealing: Annealing) -> torch.Tensor:
-        eps = torch.randn_like(mu) + self.eps_mean
+        eps = self.random.randn_like(mu) + self.eps_mean
         v = mu + torch.exp(0.5 * logcov2) * eps
         return F.log_softmax(self.sharpening * annealing.sharpening * v, dim=-1)
 
@@ -48,7 +48,7 @@ class LogisticNormal(LatentClassVAE):
         terms = {"KL_alpha": kl_alpha, "KL_Z": kl_z, "nllX": nll_x}
         nll = nll_x
         if y is not None:
-            terms["nllY"] = -log_alpha.gather(-1, y[:, None]).squeeze(-1)
+            terms["nllY"] = -log_alpha.gather(-1, y.unsqueeze(-1)).squeeze(-1)
             nll = nll_x + terms["nllY"]
         return PathTerms(
             bound=kl_alpha + kl_z + nll,

@@ -1,7 +1,5 @@
 """LogisticNormalM2: as GumbelSoftmaxM2, with Gaussian instead of Gumbel noise (spec 3.5)."""
 
-import torch
-
 from ssvae.models.gumbel_softmax_m2 import GumbelSoftmaxM2
 from ssvae.nn import relaxed_one_hot
 
@@ -9,7 +7,7 @@ from ssvae.nn import relaxed_one_hot
 class LogisticNormalM2(GumbelSoftmaxM2):
     def sample_y(self, logits, annealing):
         s = self.sharpening * annealing.sharpening
-        noise = torch.randn_like(logits)
+        noise = self.random.randn_like(logits)
         return relaxed_one_hot(logits, noise, s, self.straight_through), None
 
 
