@@ -34,10 +34,11 @@ def split(small_mnist: Path, tmp_path_factory) -> Path:
     return path
 
 
-def train_command(small_mnist: Path, split: Path, out: Path, *options: str) -> list[str]:
+def train_command(small_mnist: Path, split: Path, out: Path, *options: str,
+                  run: dict = RUN) -> list[str]:  # fmt: skip
     return [
         "ssvae-train", "--data", str(small_mnist), "--split", str(split),
-        "--run-config", json.dumps(RUN), "--out", str(out), "--device", "cpu", "--threads", "1",
+        "--run-config", json.dumps(run), "--out", str(out), "--device", "cpu", "--threads", "1",
         *options,
     ]  # fmt: skip
 
@@ -219,3 +220,101 @@ def test_a_finished_copy_of_other_settings_is_not_recovered(
     assert result.returncode == 0, result.stderr
     assert "already completed" not in result.stdout
     assert h5py.File(out)["train/epoch"][()].tolist() == [0, 1]
+
+
+PACK_SEEDS = (SEED, SEED + 1)
+
+
+@pytest.fixture(scope="module")
+def split_of_second_seed(small_mnist: Path, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("split") / "split.json"
+    write_split(data.load(small_mnist)["train_y"], PACK_SEEDS[1], path)
+    return path
+
+
+def pack_command(small_mnist: Path, splits: list[Path], directory: Path, *options: str):
+    """Both seeds in one job, each with its own run file and checkpoint under directory."""
+    outs = [directory / f"seed{seed}" / "metrics.h5" for seed in PACK_SEEDS]
+    checkpoints = [directory / f"seed{seed}" / "checkpoint.pt" for seed in PACK_SEEDS]
+    command = [
+        "ssvae-train", "--data", str(small_mnist), "--run-config", json.dumps(RUN),
+        "--seeds", *map(str, PACK_SEEDS), "--split", *map(str, splits),
+        "--out", *map(str, outs), "--checkpoint", *map(str, checkpoints),
+        "--device", "cpu", "--threads", "1", *options,
+    ]  # fmt: skip
+    return command, outs, checkpoints
+
+
+@pytest.fixture(scope="module")
+def pack_reference(small_mnist: Path, split: Path, split_of_second_seed: Path, tmp_path_factory):
+    """The pack, never interrupted: each seed's run file."""
+    splits = [split, split_of_second_seed]
+    command, outs, _ = pack_command(small_mnist, splits, tmp_path_factory.mktemp("pack"))
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return outs
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_pack_killed_or_stopped_resumes_each_seed_exactly(
+    small_mnist, split, split_of_second_seed, pack_reference, tmp_path, stop: str
+) -> None:
+    splits = [split, split_of_second_seed]
+    every = "2" if stop == "SIGKILL" else "0"  # SIGTERM writes the checkpoints itself
+    command, outs, checkpoints = pack_command(
+        small_mnist, splits, tmp_path, "--checkpoint-every", every
+    )
+    log = tmp_path / "log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.PIPE, text=True)
+        if stop == "SIGKILL":
+            wait_for(lambda: all(c.exists() for c in checkpoints), process, "its checkpoints")
+        else:
+            wait_for(lambda: "epoch   1/5" in log.read_text(), process, "epoch 1")
+        process.send_signal(getattr(signal, stop))
+        _, stderr = process.communicate()
+    if stop == "SIGTERM":
+        assert process.returncode == 1
+        assert all(str(c) in stderr for c in checkpoints), stderr
+    assert not any(out.exists() for out in outs)
+    assert len({torch.load(c, weights_only=True)["next_epoch"] for c in checkpoints}) == 1
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from checkpoint" in result.stdout
+    for out, reference_out in zip(outs, pack_reference, strict=True):
+        assert_same_run(out, reference_out)
+    assert not any(c.exists() for c in checkpoints)
+
+
+def test_seeds_at_different_steps_train_one_group_after_another(
+    small_mnist, split, split_of_second_seed, reference, tmp_path
+) -> None:
+    """Seed 4 was stopped alone in epoch 2 (its one-seed job used the same checkpoint file);
+    a job of seeds 4 and 5 resumes seed 4 and trains seed 5 from the start, each as it trains
+    alone, so each run file is the one-seed job's, exactly."""
+    splits = [split, split_of_second_seed]
+    command, outs, checkpoints = pack_command(small_mnist, splits, tmp_path)
+    alone = train_command(
+        small_mnist, split, outs[0], "--checkpoint", str(checkpoints[0]), "--checkpoint-every", "0"
+    )
+    log = tmp_path / "log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(alone, stdout=log_file, stderr=subprocess.DEVNULL)
+        wait_for(lambda: "epoch   1/5" in log.read_text(), process, "epoch 1")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait() == 1
+    assert torch.load(checkpoints[0], weights_only=True)["next_epoch"] >= 2
+    second_alone = tmp_path / "second_alone.h5"
+    second_seed_run = RUN | {"seed": PACK_SEEDS[1]}
+    result = subprocess.run(
+        train_command(small_mnist, split_of_second_seed, second_alone, run=second_seed_run),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(outs[0], reference)
+    assert_same_run(outs[1], second_alone)
