@@ -10,13 +10,23 @@ from pathlib import Path
 import pytest
 import yaml
 from slurm_cluster import GPU_TYPE, PARTITION, Cluster, missing_requirements
-from workflow_helpers import RUNS, SEEDS, SMOKE, assert_smoke_outputs, copy_workflow
+from workflow_helpers import RUNS, SMOKE, assert_smoke_outputs, copy_workflow
 
 PROFILE = "workflow/profiles/slurm"
 ACCOUNT = "ssvae-test"
 # The test cluster's values, edited into the profile's "your cluster" block as a user would.
-SITE = {"slurm_account": ACCOUNT, "slurm_partition": PARTITION}
-TRAIN = {"slurm_partition": PARTITION, "gpu_model": GPU_TYPE, "mem_mb": 2000, "runtime": 30}
+SITE = {
+    "slurm_account": ACCOUNT,
+    "slurm_partition": PARTITION,
+    "gpu_model": GPU_TYPE,
+    "mem_mb": 2000,
+    "runtime": 30,
+}
+# The smoke preset's training settings, with the seeds of a run trained together.
+PACKED = (
+    "train_resources={seeds_per_job: 2, threads: 1, gpus: 0, device: cpu, checkpoint_every: 1, "
+    "compile: false, tf32: false}"
+)
 HANG_GUARD_S = 1200  # snakemake waits for ever on a status it cannot read: fail instead
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
@@ -46,9 +56,7 @@ def adapt_profile(workdir: Path) -> dict:
     path = workdir / PROFILE / "config.yaml"
     profile = yaml.safe_load(path.read_text())
     assert set(SITE) <= set(profile["default-resources"]), "the site block names these"
-    assert set(TRAIN) <= set(profile["set-resources"]["train"]), "the site block names these"
     profile["default-resources"] |= SITE
-    profile["set-resources"]["train"] |= TRAIN
     path.write_text(yaml.safe_dump(profile))
     return profile
 
@@ -75,11 +83,11 @@ def test_smoke_preset_through_the_slurm_profile(
 ) -> None:
     workdir = copy_workflow(tmp_path / "wf")
     profile = adapt_profile(workdir)
-    assert profile["set-resources"]["train"]["gpu"] == 1
+    assert profile["default-resources"]["gpu"] == 1
     command = [
         "snakemake", "--workflow-profile", PROFILE, "--configfile", SMOKE,
         "--slurm-init-seconds-before-status-checks", "1",
-        "--config", f"mnist_sources=[{mnist_dir}]",
+        "--config", f"mnist_sources=[{mnist_dir}]", PACKED,
     ]  # fmt: skip
     started = time.monotonic()
     result = subprocess.run(
@@ -89,13 +97,13 @@ def test_smoke_preset_through_the_slurm_profile(
     assert result.returncode == 0, result.stderr[-4000:]
     assert_smoke_outputs(workdir)
 
-    # Training went to SLURM, one job per (run, seed), with the profile's requests; every other
-    # rule ran on the submitting node.
+    # Training went to SLURM, one job per run training its two seeds together, each asking for
+    # one GPU as the profile says; every other rule ran on the submitting node.
     jobs = sacct_jobs()
-    assert len(jobs) == len(RUNS) * len(SEEDS), jobs
+    assert len(jobs) == len(RUNS), jobs
     for job in jobs:
         assert job["State"] == "COMPLETED", job
-        assert job["Comment"].startswith("rule_train"), job
+        assert job["Comment"].startswith("rule_train_seeds_1_2"), job
         assert (job["Partition"], job["Account"]) == (PARTITION, ACCOUNT)
         assert "gres/gpu=1" in job["ReqTRES"] and "mem=2000M" in job["ReqTRES"], job
         assert job["Timelimit"] == "00:30:00"

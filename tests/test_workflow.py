@@ -81,6 +81,41 @@ def test_smoke_run_builds_every_output(built: Path) -> None:
     assert_smoke_outputs(built)
 
 
+PACKED = (
+    "train_resources={seeds_per_job: 2, threads: 1, gpus: 0, device: cpu, checkpoint_every: 1, "
+    "compile: false, tf32: false}",
+)
+
+
+def results(workdir: Path) -> set[str]:
+    """What a build made, but its logs (a job of two seeds writes one log for both)."""
+    return {
+        p.relative_to(workdir).as_posix()
+        for p in (workdir / "results").rglob("*")
+        if p.is_file() and "logs" not in p.parts
+    }
+
+
+def test_seeds_trained_together_build_the_same_outputs(
+    built: Path, tmp_path: Path, mnist_dir: Path
+) -> None:
+    """seeds_per_job 2: one job per run trains both seeds, and the build holds what a job per
+    seed builds (each seed's numbers are its own: tests/test_pack.py). Which seeds share a job
+    is how runs are computed: changing it back retrains nothing; a seed's target is built by its
+    job, and forcing it reruns that job."""
+    workdir = copy_workflow(tmp_path / "wf")
+    assert planned_jobs(workdir, mnist_dir, config=PACKED)["train_seeds_1_2"] == len(RUNS)
+    snakemake(workdir, mnist_dir, config=PACKED)
+    assert_smoke_outputs(workdir, seeds_per_job=2)
+    assert results(workdir) == results(built)
+    assert planned_jobs(workdir, mnist_dir) == {}
+    target = "results/runs/ExactM2/seed2/metrics.h5"
+    forced = planned_jobs(workdir, mnist_dir, target, "--forcerun", target, config=PACKED)
+    assert forced == {"train_seeds_1_2": 1}
+    (workdir / target).unlink()
+    assert planned_jobs(workdir, mnist_dir, target, config=PACKED) == {"train_seeds_1_2": 1}
+
+
 def test_report_embeds_every_figure_and_matches_the_summary(built: Path) -> None:
     text = (built / "results/report.md").read_text()
     embedded = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
@@ -228,11 +263,11 @@ def test_smoke_preset_can_name_any_run(tmp_path: Path, mnist_dir: Path) -> None:
 
 
 def test_how_a_run_is_computed_retrains_nothing(built: Path, mnist_dir: Path) -> None:
-    """Device, compile, TF32, threads and checkpoints are provenance, and 2 is 2.0; a value that
-    changes what a run computes retrains it."""
+    """Device, compile, TF32, threads, checkpoints and seeds per job are provenance, and 2 is
+    2.0; a value that changes what a run computes retrains it."""
     snakemake(built, mnist_dir)  # up to date after the tests before
     compute = "train_resources={threads: 2, gpus: 1, device: auto, checkpoint_every: 3, "
-    compute += "compile: auto, tf32: true}"
+    compute += "compile: auto, tf32: true, seeds_per_job: 2}"
     assert planned_jobs(built, mnist_dir, config=(compute,)) == {}
     as_int = "runs={ExactM2: {params: {kl_factor: 2}}}"
     assert planned_jobs(built, mnist_dir, config=(as_int,)) == {}

@@ -39,14 +39,19 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
-def assert_smoke_outputs(built: Path) -> None:
-    """Everything the smoke preset builds is there and looks right."""
+def assert_smoke_outputs(built: Path, seeds_per_job: int = 1) -> None:
+    """Everything the smoke preset builds is there and looks right; with seeds_per_job 2 its
+    two seeds trained together, in one job per run whose log has a line per seed and epoch."""
     for seed in SEEDS:
         assert (built / f"results/splits/seed{seed}.json").exists()
         for run in RUNS:
             assert run_file(built, run, seed).exists()
-            log = (built / f"results/logs/train/{run}/seed{seed}.log").read_text()
-            epochs = re.findall(r"^epoch +\d+/2 .*$", log, flags=re.MULTILINE)
+            if seeds_per_job == 1:
+                log, line = f"seed{seed}.log", r"^epoch +\d+/2 .*$"
+            else:
+                log, line = "seeds_1_2.log", rf"^seed {seed}  epoch +\d+/2 .*$"
+            log = (built / "results/logs/train" / run / log).read_text()
+            epochs = re.findall(line, log, flags=re.MULTILINE)
             assert len(epochs) == 3
             # Training and evaluation time on every line: a job's time adds up from its log.
             assert all(re.search(r" s training +[\d.]+ s evaluation$", line) for line in epochs)

@@ -9,8 +9,9 @@ The aggregated HDF5 file holds four tables, each a group with one dataset per co
              job_seconds, peak_memory_mb
                                       (one row per run file; step: how the training step ran;
                                       wall_seconds: the run file's, over every attempt;
-                                      job_seconds, peak_memory_mb: snakemake's benchmark of
-                                      the job that wrote it, NaN without one)
+                                      job_seconds: the seed's share of the time of the job that
+                                      wrote it (a job of n seeds, 1/n each); peak_memory_mb:
+                                      that job's peak resident memory; NaN when not recorded)
     /z_kl    run, seed, epoch, kl                     (kl: (rows, z dimensions), the KL of each
                                       z dimension averaged over the validation set)
 
@@ -223,20 +224,9 @@ def summarize(table: pd.DataFrame, runs: pd.DataFrame, seeds: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-def read_benchmark(path: Path | None) -> dict[str, float]:
-    """Wall seconds and peak resident memory (MB) of a job, from snakemake's benchmark file
-    (columns s and max_rss; "NA" where a job was too short to sample)."""
-    if path is None:
-        return {"job_seconds": np.nan, "peak_memory_mb": np.nan}
-    try:
-        row = pd.read_csv(path, sep="\t", na_values=["NA", "-"]).iloc[0]
-        return {"job_seconds": float(row["s"]), "peak_memory_mb": float(row["max_rss"])}
-    except (OSError, ValueError, KeyError, IndexError) as err:
-        raise InputError(f"{path}: not a snakemake benchmark file ({err})") from None
-
-
-def seed_record(path: Path, benchmark: Path | None = None) -> dict:
+def seed_record(path: Path) -> dict:
     attrs = runfile.read_attrs(path)
+    seeds_in_job = len(attrs.get("seeds_in_job", [attrs["seed"]]))
     return {
         "run": str(attrs["run"]),
         "seed": int(attrs["seed"]),
@@ -246,7 +236,8 @@ def seed_record(path: Path, benchmark: Path | None = None) -> dict:
         "cuda_version": str(attrs.get("cuda_version", "not recorded")),
         "step": runfile.how_the_step_ran(attrs),
         "wall_seconds": float(attrs["wall_seconds"]),
-        **read_benchmark(benchmark),
+        "job_seconds": float(attrs.get("job_seconds", np.nan)) / seeds_in_job,
+        "peak_memory_mb": float(attrs.get("peak_memory_mb", np.nan)),
     }
 
 
@@ -261,17 +252,10 @@ def z_kl_rows(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_csv: Path,
-              reference_run: str | None = None,
-              benchmarks: list[Path] | None = None) -> None:  # fmt: skip
+              reference_run: str | None = None) -> None:  # fmt: skip
     """`runs` maps run id to {"label", "model", "palette_index", "seeds"}, in the order figures
     should use; `palette_index` keeps a run's colour when the comparison changes. Paired
-    differences are to `reference_run`, when it is one of `runs`. `benchmarks`, one per run
-    file and in the same order, are the training jobs' snakemake benchmark files."""
-    if benchmarks and len(benchmarks) != len(run_files):
-        raise InputError(
-            f"--benchmarks: {len(benchmarks)} files for {len(run_files)} run files; give one "
-            "per run file, in the same order"
-        )
+    differences are to `reference_run`, when it is one of `runs`."""
     if reference_run is not None and reference_run not in runs:
         reference_run = None  # not compared this time: no pairs to form
     table = pd.concat([tidy_history(path) for path in run_files], ignore_index=True)
@@ -291,10 +275,7 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
             for i, (run, info) in enumerate(runs.items())
         ]
     )
-    records = [
-        seed_record(path, benchmarks[i] if benchmarks else None) for i, path in enumerate(run_files)
-    ]
-    seed_frame = pd.DataFrame(records, columns=SEED_COLUMNS)
+    seed_frame = pd.DataFrame([seed_record(path) for path in run_files], columns=SEED_COLUMNS)
     twice = seed_frame.duplicated(["run", "seed"])
     if twice.any():
         first = seed_frame[twice].iloc[0]
@@ -334,12 +315,6 @@ def main(argv: list[str] | None = None) -> None:
         "--reference-run",
         help="the run each run is compared with seed by seed (paired differences)",
     )
-    parser.add_argument(
-        "--benchmarks",
-        type=Path,
-        nargs="*",
-        help="snakemake benchmark files of the training jobs, one per run file, in its order",
-    )
     parser.add_argument("--out-h5", type=Path, required=True, help="aggregated .h5 to write")
     parser.add_argument("--out-csv", type=Path, required=True, help="summary CSV to write")
     args = parser.parse_args(argv)
@@ -348,7 +323,5 @@ def main(argv: list[str] | None = None) -> None:
             runs = json.loads(args.runs)
         except json.JSONDecodeError as err:
             raise InputError(f"--runs is not valid JSON ({err})") from None
-        aggregate(
-            args.run_files, runs, args.out_h5, args.out_csv, args.reference_run, args.benchmarks
-        )
+        aggregate(args.run_files, runs, args.out_h5, args.out_csv, args.reference_run)
     print(f"wrote {args.out_h5} and {args.out_csv}")

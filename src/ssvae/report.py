@@ -239,9 +239,11 @@ def render_markdown(
     lines += ["## Cost", ""]
     lines += cost_table(table) + [""]
     lines += [
-        "*Job time* and *peak memory*: snakemake's benchmark of each training job (wall time "
-        "and peak resident memory of the job's processes); a job resumed after an interruption "
-        "counts its last attempt only. *Training wall time*: from the start of training to the "
+        "*Job time* and *peak memory*: what each training job recorded in its run files (its "
+        "wall time and the peak resident memory of its process); a job that trained several "
+        "seeds together counts a share of its time to each, and a job resumed after an "
+        "interruption counts its last attempt only. *Training wall time*: from the start of "
+        "training to the "
         "run file (data loading, training, every validation and the test), summed over every "
         "attempt, as the run file records it.",
         "",

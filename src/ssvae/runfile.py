@@ -9,8 +9,11 @@ Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested gro
                        step_captured (the step ran compiled; as CUDA graphs),
                        compile_fallback (why compiling failed, "" if it did not), tf32,
                        n_params, ssvae_version, cpu_threads,
-                       status (complete or diverged), wall_seconds (from start to this
-                       write), finished_at
+                       status (complete or diverged), wall_seconds (training, from start
+                       to this write, over every attempt), seeds_in_job (the seeds trained
+                       together in the job that wrote it), job_seconds (that job's time, its
+                       last attempt, from start to this write), peak_memory_mb (that job's
+                       peak resident memory), finished_at
     /train/epoch       (n_epochs,)  one entry per training epoch, metrics are epoch means
     /train/<metric>    (n_epochs,)  loss, bound, boundU, boundL, classifier, accuracy, objective,
                                     pnorm, gnorm, the per-path terms below, hyperparameters/lr,

@@ -11,6 +11,7 @@ state, its divergence, its checkpoint and its run file are its own.
 """
 
 import json
+import resource
 import signal
 import threading
 import time
@@ -508,7 +509,7 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
     def save(seed: Seed, path: Path, status: str) -> None:
         how = seed.computation | step_fn.how_it_ran()
         attributes = run_attributes(seed.cfg, how, n_params, status, wall_seconds(seed))
-        seed.run_log.write(path, attributes | {"seeds_in_job": [s.cfg.seed for s in seeds]})
+        seed.run_log.write(path, attributes | job_attributes(seeds, started))
 
     def save_checkpoints(next_epoch: int) -> None:
         for i, seed in enumerate(seeds):
@@ -611,6 +612,17 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
             seed.files.checkpoint.unlink(missing_ok=True)  # the run file now holds everything
 
 
+def job_attributes(seeds: list[Seed], started: float) -> dict:
+    """What the job that writes a run file cost, and which seeds shared it."""
+    # ru_maxrss is in kB on Linux.
+    peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "seeds_in_job": [seed.cfg.seed for seed in seeds],
+        "job_seconds": time.perf_counter() - started,
+        "peak_memory_mb": peak_memory_mb,
+    }
+
+
 def run_attributes(cfg: TrainConfig, computation: dict, n_params: int, status: str,
                    wall_seconds: float) -> dict:  # fmt: skip
     """The run file's attributes: which run, what was computed and how, its status and time
@@ -646,8 +658,8 @@ def main(argv: list[str] | None = None) -> None:
         "--seeds",
         type=int,
         nargs="+",
-        help="train these seeds together (default: the run config's seed); the files below are "
-        "given once per seed, in this order",
+        help="train these seeds together (default: the run config's seed, or else the seed of "
+        "each --split file); the files below are given once per seed, in this order",
     )
     parser.add_argument(
         "--split", type=Path, nargs="+", required=True, help="labeled split JSON of each seed"
@@ -678,7 +690,12 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--run-config is not valid JSON ({err})") from None
         if not isinstance(run_config, dict):
             raise ConfigError("--run-config must be a JSON object")
-        seeds = args.seeds if args.seeds else [run_config.get("seed")]
+        seeds = args.seeds
+        if seeds is None:  # the run config's seed, or else each split's own
+            has_seed = "seed" in run_config
+            seeds = (
+                [run_config["seed"]] if has_seed else [read_split(p)["seed"] for p in args.split]
+            )
         cfgs = [TrainConfig.from_dict(run_config | {"seed": seed}) for seed in seeds]
         checkpoints = args.checkpoint or [None] * len(seeds)
         for option, paths in (("--split", args.split), ("--out", args.out),

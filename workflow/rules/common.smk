@@ -16,8 +16,7 @@ MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
 RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
 CHECKPOINT_FILE = "results/runs/{run}/seed{seed}/checkpoint.pt"
-# Snakemake's measurement of each training job: wall time and peak memory.
-BENCHMARK_FILE = "results/benchmarks/train/{run}/seed{seed}.tsv"
+SPLIT_FILE = "results/splits/seed{seed}.json"
 # The original's 10-seed numbers per run label (docs/original.md, section 8).
 REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
 # Source files whose edits must re-render what they produce (and nothing upstream).
@@ -48,15 +47,35 @@ def run_files():
     return expand(RUN_FILE, run=run_ids(), seed=config["seeds"])
 
 
-def benchmark_files():
-    """The training jobs' benchmark files, in the order of run_files()."""
-    return expand(BENCHMARK_FILE, run=run_ids(), seed=config["seeds"])
+def seed_packs():
+    """The configured seeds in the training jobs that train them together, seeds_per_job at a
+    time in config order; none when each seed has a job of its own (the rule train)."""
+    seeds, per_job = config["seeds"], config["train_resources"]["seeds_per_job"]
+    if per_job == 1:
+        return []
+    return [seeds[i : i + per_job] for i in range(0, len(seeds), per_job)]
 
 
-def train_config(wildcards):
-    """What one (run, seed) computes, defaults filled in, as JSON: a change to it, compared by
-    value, retrains that run."""
-    return run_settings(config, wildcards.run, int(wildcards.seed)).to_json()
+def packed_seed_pattern():
+    """A wildcard constraint for the seeds of the rule train, those that no pack trains."""
+    packed = [str(seed) for pack in seed_packs() for seed in pack]
+    # Not followed by another digit: seed 12 is no pack's when seed 1 is.
+    return rf"(?!(?:{'|'.join(packed)})(?!\d))\d+" if packed else r"\d+"
+
+
+def run_config(wildcards):
+    """What a run computes, defaults filled in, as JSON; the same for each of its seeds (the
+    seed comes from its split), so that a job of any seeds records the same value. A change to
+    it, compared by value, retrains that run."""
+    settings = json.loads(run_settings(config, wildcards.run, 0).to_json())
+    del settings["seed"]
+    return json.dumps(settings, sort_keys=True)
+
+
+def job_checkpoints(wildcards, output):
+    """Each seed's checkpoint, beside its run file. A function of the outputs, so that snakemake
+    does not compare it between runs (which seeds share a job is not what a run computes)."""
+    return [str(Path(path).with_name(Path(CHECKPOINT_FILE).name)) for path in output]
 
 
 def on_off(choice):

@@ -1,7 +1,6 @@
 rule aggregate_metrics:
     input:
         runs=run_files(),
-        benchmarks=benchmark_files(),
         code=[PACKAGE_DIR / "metrics.py", PACKAGE_DIR / "runfile.py"],
     output:
         h5="results/metrics/metrics.h5",
@@ -21,5 +20,5 @@ rule aggregate_metrics:
         reference_run=config["reference_run"],
     shell:
         "ssvae-metrics {input.runs:q} --runs {params.runs:q} "
-        "--reference-run {params.reference_run:q} --benchmarks {input.benchmarks:q} "
+        "--reference-run {params.reference_run:q} "
         "--out-h5 {output.h5:q} --out-csv {output.csv:q} > {log} 2>&1"

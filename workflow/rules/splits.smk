@@ -3,7 +3,7 @@ rule labeled_split:
         # Checksum-verified data: a re-download (say, from another mirror) changes nothing downstream.
         arrays=ancient(MNIST_ARRAYS),
     output:
-        split="results/splits/seed{seed}.json",
+        split=SPLIT_FILE,
     log:
         "results/logs/labeled_split/seed{seed}.log",
     wildcard_constraints:

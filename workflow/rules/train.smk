@@ -1,34 +1,74 @@
+# Training jobs. With train_resources.seeds_per_job 1, the rule train makes one job per (run, seed);
+# with more, one rule per pack of configured seeds trains them together (one process, one GPU),
+# and train is left for seeds outside the packs (a seed requested by its target alone). Every
+# training rule has the same command, inputs of the same kind and the same recorded params, so
+# that changing seeds_per_job reruns nothing (the workflow profiles leave out snakemake's
+# input-set trigger, which would see the splits of a pack as a changed set of inputs).
+TRAIN_COMMAND = (
+    "ssvae-train --data {input.arrays:q} --split {input.splits:q} "
+    "--run-config {params.run_config:q} --device {resources.device} --threads {threads} "
+    "--compile {resources.compile} --tf32 {resources.tf32} "
+    "--checkpoint {params.checkpoints:q} --checkpoint-every {resources.checkpoint_every} "
+    "--out {output.metrics:q} > {log} 2>&1"
+)
+# How a run is computed, not what it computes: as resources, changing them retrains nothing
+# (params would). The run file records them.
+TRAIN_RESOURCES = {
+    "gpu": config["train_resources"]["gpus"],
+    "device": config["train_resources"]["device"],
+    "compile": on_off(config["train_resources"]["compile"]),
+    "tf32": on_off(config["train_resources"]["tf32"]),
+    "checkpoint_every": config["train_resources"]["checkpoint_every"],
+}
+
+
 rule train:
     input:
+        # Checksum-verified data, and a split made from it by the seed alone: rebuilding
+        # either changes nothing downstream.
         arrays=ancient(MNIST_ARRAYS),
-        split="results/splits/seed{seed}.json",
+        splits=ancient(SPLIT_FILE),
     output:
         metrics=RUN_FILE,
     log:
         "results/logs/train/{run}/seed{seed}.log",
-    benchmark:
-        BENCHMARK_FILE
     wildcard_constraints:
         run=run_id_pattern(),
-        seed=r"\d+",
+        seed=packed_seed_pattern(),
     conda:
         "../../envs/train.yaml"
     threads: config["train_resources"]["threads"]
     resources:
-        gpu=config["train_resources"]["gpus"],
-        # How a run is computed, not what it computes: as resources, changing them retrains
-        # nothing (params would). The run file records them.
-        device=config["train_resources"]["device"],
-        compile=on_off(config["train_resources"]["compile"]),
-        tf32=on_off(config["train_resources"]["tf32"]),
-        checkpoint_every=config["train_resources"]["checkpoint_every"],
+        **TRAIN_RESOURCES,
     params:
-        run_config=train_config,
+        run_config=run_config,
         # Not an output: snakemake leaves it when the job fails, so a rerun resumes from it.
-        checkpoint=CHECKPOINT_FILE,
+        checkpoints=job_checkpoints,
     shell:
-        "ssvae-train --data {input.arrays:q} --split {input.split:q} "
-        "--run-config {params.run_config:q} --device {resources.device} --threads {threads} "
-        "--compile {resources.compile} --tf32 {resources.tf32} "
-        "--checkpoint {params.checkpoint:q} --checkpoint-every {resources.checkpoint_every} "
-        "--out {output.metrics:q} > {log} 2>&1"
+        TRAIN_COMMAND
+
+
+for pack in seed_packs():
+
+    rule:
+        name:
+            f"train_seeds_{'_'.join(map(str, pack))}"
+        input:
+            arrays=ancient(MNIST_ARRAYS),
+            splits=[ancient(SPLIT_FILE.format(seed=seed)) for seed in pack],
+        output:
+            metrics=[RUN_FILE.replace("{seed}", str(seed)) for seed in pack],
+        log:
+            f"results/logs/train/{{run}}/seeds_{'_'.join(map(str, pack))}.log",
+        wildcard_constraints:
+            run=run_id_pattern(),
+        conda:
+            "../../envs/train.yaml"
+        threads: config["train_resources"]["threads"]
+        resources:
+            **TRAIN_RESOURCES,
+        params:
+            run_config=run_config,
+            checkpoints=job_checkpoints,
+        shell:
+            TRAIN_COMMAND
