@@ -70,9 +70,27 @@ def config() -> dict:
 def test_flops_per_step_match_a_count_by_hand(run: str, config: dict, prepared_mnist) -> None:
     cfg = run_settings(config, run, seed=1)
     device = torch.device("cpu")
-    images = bench.load_images(prepared_mnist, cfg, device)
+    images = bench.load_images(prepared_mnist, [cfg.seed], device)
     model, optimizer = train.build_training(cfg, [cfg.seed], device)
     assert bench.step_flops(model, optimizer, images, cfg) == HAND_COUNTS[run]
+
+
+@pytest.mark.parametrize("run", ["ExactM2", "ApproxM2", "MLP"])
+def test_ten_seeds_together_dispatch_under_an_eighth_of_the_operators_per_seed(
+    run: str, config: dict, prepared_mnist
+) -> None:
+    """A step's operators (each one or more kernel launches on a GPU) are nearly the same for
+    one seed and for ten: the seeds share every operator, and their matmul FLOPs add up."""
+    cfg = run_settings(config, run, seed=1)
+    counts = {}
+    for n_seeds in (1, 10):
+        seeds = list(range(1, n_seeds + 1))
+        device = torch.device("cpu")
+        images = bench.load_images(prepared_mnist, seeds, device)
+        model, optimizer = train.build_training(cfg, seeds, device)
+        counts[n_seeds] = bench.step_operators(model, optimizer, images, cfg)
+        assert bench.step_flops(model, optimizer, images, cfg) == n_seeds * HAND_COUNTS[run]
+    assert counts[10] / 10 <= counts[1] / 8
 
 
 def test_exact_m2_costs_about_16_gflop_a_step() -> None:
@@ -93,7 +111,7 @@ def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:
             sys.executable, "-m", "ssvae.bench", "--runs", "MLP", "LogGamma",
             "--data", str(prepared_mnist), "--device", "cpu", "--warmup-steps", "1",
             "--steps", "5", "--late-after", "12", "--matmul-seconds", "0.2", "--jobs", "1", "2",
-            "--skip-workflow", "--out", str(out),
+            "--seeds-per-job", "1", "2", "--skip-workflow", "--out", str(out),
         ],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -129,7 +147,16 @@ def test_bench_writes_its_report(prepared_mnist: Path, tmp_path: Path) -> None:
     two_jobs = report["parallel_jobs"][1]
     assert len(two_jobs["steps_per_s_per_job"]) == 2
     assert two_jobs["steps_per_s_total"] == pytest.approx(sum(two_jobs["steps_per_s_per_job"]))
-    for name in ("MLP", "LogGamma", "sustained float32 matmul", "2 jobs at once"):
+    for run in ("MLP", "LogGamma"):
+        alone, pair = (report["seeds_per_job"][run][n] for n in ("1", "2"))
+        assert alone == report["models"][run]
+        assert (alone["seeds"], pair["seeds"]) == (1, 2)
+        assert pair["seed_steps_per_s"] == pytest.approx(2 * pair["steps_per_s"])
+        assert pair["flops_per_step"] == 2 * alone["flops_per_step"]
+        assert pair["operators_per_seed_step"] < alone["operators_per_seed_step"]
+        assert pair["late_after_steps"] == 12
+    assert report["seeds_per_job"]["MLP"]["2"]["flops_per_step"] == 2 * HAND_COUNTS["MLP"]
+    for name in ("MLP", "LogGamma", "sustained float32 matmul", "2 jobs at once", "seed-steps/s"):
         assert name in done.stdout
 
 

@@ -3,8 +3,10 @@
 For each run of the comparison: steps per second over a measured window after warm-up, the
 training step's matmul FLOPs (counted from the shapes by torch's FLOP counter, forward and
 backward), the FLOP rate that makes, and the machine's sustained dense matmul rate at the same
-precision, measured in the same process. With --jobs, N processes train at once (on one GPU, to
-see how they share it). It also times snakemake's dry run and no-op rebuild of the full comparison.
+precision, measured in the same process. With --seeds-per-job, the same for N seeds trained
+together: seed-steps per second and the torch operators dispatched per seed-step (each one a
+kernel launch, or more, on a GPU). With --jobs, N processes train at once (on one GPU, to see how
+they share it). It also times snakemake's dry run and no-op rebuild of the full comparison.
 Writes the table to stdout and everything to results/bench/bench.json.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssvae import compute, runfile, train
@@ -70,16 +73,38 @@ def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
     return statistics.median(rates)
 
 
-def load_images(data_path: Path, cfg: TrainConfig, device: torch.device) -> train.Images:
+def load_images(data_path: Path, seeds: list[int], device: torch.device) -> train.Images:
     arrays = np.load(data_path)
-    split = {"indices": labeled_indices(arrays["train_y"], cfg.seed).tolist()}
+    splits = [{"indices": labeled_indices(arrays["train_y"], seed).tolist()} for seed in seeds]
     arrays.close()
-    return train.load_images(data_path, [split], device)
+    return train.load_images(data_path, splits, device)
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the torch operators dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def step_operators(model, optimizer, images, cfg: TrainConfig) -> int:
+    """Operators of one whole eager training step (batch, forward, backward, L2, clipping,
+    Adam) for all the seeds of the model."""
+    step_fn = train.training_step(model, images, compiled=False)
+    with OperatorCount() as counter:
+        time_steps(model, optimizer, step_fn, images, cfg, 1)
+    return counter.count
 
 
 def step_flops(model, optimizer, images, cfg: TrainConfig) -> int:
     """Matmul FLOPs of one training step: the forward pass and its backward pass."""
-    index = torch.arange(cfg.batch_size, device=images.train_x.device).unsqueeze(0)
+    seeds = model.random.seeds
+    index = torch.arange(cfg.batch_size, device=images.train_x.device).expand(seeds, -1)
     coefficients = train.annealing_coefficients(0, cfg, images.train_x.device)[-1]
     step_fn = train.training_step(model, images, compiled=False)
     with FlopCounterMode(display=False) as counter:
@@ -164,12 +189,16 @@ def bench_run(
     steps: int,
     late_after: int = 0,
     log=print,
+    seeds: list[int] | None = None,
 ) -> dict:
     """Time the step from a fresh start and, with `late_after`, again once training has run that
-    many steps on real MNIST: late states hold values a fresh one does not (subnormal floats)."""
-    images = load_images(data_path, cfg, device)
-    model, optimizer = train.build_training(cfg, [cfg.seed], device)
+    many steps on real MNIST: late states hold values a fresh one does not (subnormal floats).
+    With `seeds`, the step of those seeds trained together (default: the config's seed)."""
+    seeds = seeds or [cfg.seed]
+    images = load_images(data_path, seeds, device)
+    model, optimizer = train.build_training(cfg, seeds, device)
     flops = step_flops(model, optimizer, images, cfg)
+    operators = step_operators(model, optimizer, images, cfg)
     step_fn = train.training_step(model, images, compiled, log)
     warmup_seconds = time_steps(model, optimizer, step_fn, images, cfg, warmup_steps)
     # The median of several windows: on a shared machine a few seconds can run slow.
@@ -195,6 +224,10 @@ def bench_run(
         }
     return late | {
         "model": cfg.model,
+        "seeds": len(seeds),
+        "seed_steps_per_s": len(seeds) * steps_per_s,
+        "operators_per_step": operators,
+        "operators_per_seed_step": operators / len(seeds),
         # What ran: a step asked to compile that fell back to eager is timed eagerly.
         "step": runfile.how_the_step_ran(step_fn.how_it_ran()),
         "steps_measured": per_window * WINDOWS,
@@ -362,6 +395,24 @@ def print_table(report: dict) -> None:
                 f"({row['late_ms_per_step'] / row['ms_per_step']:.2f} x fresh); subnormal: "
                 f"{subnormal or 'none'}"
             )
+    packing = report.get("seeds_per_job", {})
+    if any(len(rows) > 1 for rows in packing.values()):
+        print(
+            f"\n{'run':<24} {'seeds':>5} {'ms/step':>8} {'seed-steps/s':>12} {'x 1 seed':>8} "
+            f"{'ops/seed-step':>13} {'x 1 seed':>8}  late ms/step"
+        )
+        for run, rows in packing.items():
+            alone = rows["1"]
+            for n_seeds, row in rows.items():
+                late = f"{row['late_ms_per_step']:.1f}" if "late_ms_per_step" in row else "-"
+                print(
+                    f"{run:<24} {n_seeds:>5} {row['ms_per_step']:>8.1f} "
+                    f"{row['seed_steps_per_s']:>12.2f} "
+                    f"{row['seed_steps_per_s'] / alone['seed_steps_per_s']:>8.2f} "
+                    f"{row['operators_per_seed_step']:>13.1f} "
+                    f"{row['operators_per_seed_step'] / alone['operators_per_seed_step']:>8.3f}"
+                    f"  {late}"
+                )
     for row in report.get("parallel_jobs", []):
         per_job = ", ".join(f"{rate:.1f}" for rate in row["steps_per_s_per_job"])
         print(
@@ -404,6 +455,13 @@ def parse_args(argv):
         "(epoch 4: an Intel Xeon ran epochs 3-6 ten times slower on subnormals; 0: fresh only)",
     )
     parser.add_argument(
+        "--seeds-per-job",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="also time N seeds of each run trained together (seeds 1..N), e.g. 1 2 5 10",
+    )
+    parser.add_argument(
         "--matmul-seconds", type=float, default=3.0, help="time the matmul reference this long"
     )
     parser.add_argument(
@@ -432,6 +490,8 @@ def parse_args(argv):
     for name in ("warmup_steps", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.seeds_per_job) < 1:
+        parser.error(f"--seeds-per-job must be at least 1, not {min(args.seeds_per_job)}")
     return args
 
 
@@ -467,6 +527,14 @@ def main(argv: list[str] | None = None) -> None:
             cfg, args.data, device, compiled, args.warmup_steps, args.steps, args.late_after
         )
         print(f"{run}: {models[run]['ms_per_step']:.2f} ms/step", flush=True)
+    packing = {run: {1: models[run]} for run in configs}
+    for n_seeds in sorted(set(args.seeds_per_job) - {1}):
+        for run, cfg in configs.items():
+            seeds = list(range(1, n_seeds + 1))
+            row = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps,
+                            args.late_after, seeds=seeds)  # fmt: skip
+            packing[run][n_seeds] = row
+            print(f"{run}, {n_seeds} seeds: {row['seed_steps_per_s']:.2f} seed-steps/s", flush=True)
     # The rate before and after the models, the higher taken: a conservative ratio.
     matmul = max(matmul_before, matmul_flops_per_s(device, args.matmul_seconds))
     for row in models.values():
@@ -483,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_flops_per_s": matmul,
         "matmul_size": MATMUL_SIZE[device.type],
         "models": models,
+        "seeds_per_job": {
+            run: {str(n): row for n, row in rows.items()} for run, rows in packing.items()
+        },
         "parallel_jobs": [bench_parallel_jobs(args, runs[0], n) for n in jobs],
         "workflow": workflow,
     }

@@ -207,7 +207,7 @@ def step_objective(model, images: Images, unlabeled_index: torch.Tensor,
 def seed_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Each seed's 2-norm over all the tensors (seeds, ...): one foreach pass over every seed's
     row of every tensor, then (seeds,)."""
-    rows = [row for tensor in tensors for row in tensor]
+    rows = [row for tensor in tensors for row in tensor.unbind()]
     row_norms = torch.stack(torch._foreach_norm(rows)).view(len(tensors), -1)
     return torch.linalg.vector_norm(row_norms, dim=0)
 
