@@ -140,3 +140,20 @@ def test_a_pack_is_seeds_of_one_run(small_mnist, splits, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"seeds: \[4, 4\] names a seed twice"):
         train_pack([config("MLP", 4), config("MLP", 4)], small_mnist, files, CPU)
     assert not any(path.exists() for path in tmp_path.rglob("*.h5"))
+
+
+def test_a_seed_stopped_before_its_first_step_resumes_beside_a_fresh_one(
+    small_mnist, splits, tmp_path, float64_default
+) -> None:
+    """Seed 4's checkpoint is from before any step (the job was stopped at once); seed 5 has
+    none. The job trains each from where it stands, and each gets its numbers alone."""
+    files = pack_files(tmp_path / "pack", [4, 5], splits, checkpoints=True)
+    with pytest.raises(train.Preempted):
+        train.train(config("MLP", 4), small_mnist, splits[4], files[0].out, CPU, log=quiet,
+                    checkpoint_path=files[0].checkpoint, stop=lambda: True)  # fmt: skip
+    assert files[0].checkpoint.exists()
+    train_pack([config("MLP", 4), config("MLP", 5)], small_mnist, files, CPU, log=quiet)
+    for seed, seed_files in zip((4, 5), files, strict=True):
+        alone = tmp_path / f"alone{seed}.h5"
+        train.train(config("MLP", seed), small_mnist, splits[seed], alone, CPU, log=quiet)
+        assert_same_numbers(seed_files.out, alone)

@@ -259,7 +259,7 @@ class SeedRandom:
 
     def set_state(self, states: list[torch.Tensor]) -> None:
         for generator, state in zip(self.generators, states, strict=True):
-            generator.set_state(state)
+            generator.set_state(state.cpu())  # a checkpoint loaded onto a GPU moves it there
 
 
 def bernoulli_draw(p: torch.Tensor | float, like: torch.Tensor, random: SeedRandom) -> torch.Tensor:

@@ -369,9 +369,10 @@ class Seed:
 
     @property
     def position(self) -> tuple:
-        """Where its training stands: the next epoch, and the step inside it."""
+        """Where its training stands: the next epoch and the step inside it, (-1, 0) before
+        anything (a checkpoint from before the first step is its own group all the same)."""
         if self.saved is None:
-            return (0, 0)
+            return (-1, 0)
         progress = self.saved["progress"]
         return (self.saved["next_epoch"], 0 if progress is None else progress["steps_done"])
 

@@ -73,8 +73,9 @@ def run_config(wildcards):
 
 
 def job_checkpoints(wildcards, output):
-    """Each seed's checkpoint, beside its run file. A function of the outputs, so that snakemake
-    does not compare it between runs (which seeds share a job is not what a run computes)."""
+    """Each seed's checkpoint, beside its run file. A function of the outputs, so
+    that snakemake does not compare it between runs: which seeds share a job is not
+    what they compute."""
     return [str(Path(path).with_name(Path(CHECKPOINT_FILE).name)) for path in output]
 
 
