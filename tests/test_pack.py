@@ -130,7 +130,14 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
     alone = tmp_path / "alone.h5"
     train.train(config("ExactM2", 5, epochs=2), small_mnist, splits[5], alone, CPU, log=quiet)
     assert_same_numbers(files[1].out, alone)
-    assert files[1].finished_copy.exists()  # a rerun of the job recovers seed 5 at once
+    # Snakemake deletes a failed job's outputs; the rerun recovers seed 5 from its finished
+    # copy and does not train seed 4 again (the same computation would diverge again).
+    files[1].out.unlink()
+    messages = []
+    with pytest.raises(TrainingDiverged, match="seed 4 diverged before .* not trained again"):
+        train_pack(cfgs, small_mnist, files, CPU, log=lambda line, **_: messages.append(line))
+    assert_same_numbers(files[1].out, alone)
+    assert not any("epoch" in message for message in messages)  # nothing trained
 
 
 def test_a_pack_is_seeds_of_one_run(small_mnist, splits, tmp_path) -> None:

@@ -91,7 +91,8 @@ def restore_seeds(states: list[dict], model, optimizer) -> list[dict] | None:
 
 def seed_log(state: dict) -> tuple[RunLog, float]:
     """What the seed had logged and the wall seconds it had spent."""
-    arrays = _map_values(state["extras"], lambda value: value.numpy())
+    # A checkpoint loaded onto a GPU has put these there too.
+    arrays = _map_values(state["extras"], lambda value: value.cpu().numpy())
     run_log = RunLog(
         history={group: defaultdict(list, named) for group, named in state["history"].items()},
         arrays={group: defaultdict(list, named) for group, named in arrays.items()},

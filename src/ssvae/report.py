@@ -151,7 +151,7 @@ def paired_table(table: pd.DataFrame, reference_label: str) -> list[str]:
 def cost_table(table: pd.DataFrame) -> list[str]:
     lines = [
         "| run | job time per seed | job time, all seeds | peak memory | training wall time "
-        "per seed |",
+        "per job |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in table.itertuples():
@@ -240,12 +240,12 @@ def render_markdown(
     lines += cost_table(table) + [""]
     lines += [
         "*Job time* and *peak memory*: what each training job recorded in its run files (its "
-        "wall time and the peak resident memory of its process); a job that trained several "
-        "seeds together counts a share of its time to each, and a job resumed after an "
-        "interruption counts its last attempt only. *Training wall time*: from the start of "
-        "training to the "
-        "run file (data loading, training, every validation and the test), summed over every "
-        "attempt, as the run file records it.",
+        "wall time and the peak resident memory of its own process, not of processes it "
+        "started); a job that trained several seeds together counts an equal share of its "
+        "time to each, and a job resumed after an interruption counts its last attempt only. "
+        "*Training wall time*: from the start of training to the run file (data loading, "
+        "training, every validation and the test), summed over every attempt, as the run file "
+        "records it; seeds trained together share theirs.",
         "",
     ]
     lines += ["## How the runs were computed", ""]

@@ -138,13 +138,13 @@ def read_arrays(path: Path, group: str) -> dict[str, np.ndarray]:
         return {name: dataset[()] for name, dataset in f[group].items()}
 
 
-def records(path: Path, attrs: dict) -> bool:
-    """Whether `path` is a readable, complete run file whose attributes include `attrs`."""
+def records(path: Path, attrs: dict, status: str = "complete") -> bool:
+    """Whether `path` is a readable run file of that status whose attributes include `attrs`."""
     try:
         found = read_attrs(path)
     except (InputError, ValueError):
         return False
-    return found.get("status") == "complete" and all(
+    return found.get("status") == status and all(
         key in found and found[key] == value for key, value in attrs.items()
     )
 

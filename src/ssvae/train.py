@@ -169,10 +169,10 @@ class EpochProgress:
         )
 
     def of_seed(self, i: int) -> dict:
-        """Seed i's part, as its checkpoint holds it."""
-        seed_rows = {"order": self.order[i], "first_bad_step": self.first_bad_step[i]}
+        """Seed i's part, as its checkpoint holds it (copies: a view would save every seed's)."""
+        seed_rows = {"order": self.order[i].clone(), "first_bad_step": self.first_bad_step[i]}
         if self.sums is not None:
-            seed_rows["sums"] = self.sums[i]
+            seed_rows["sums"] = self.sums[i].clone()
         return vars(self) | seed_rows
 
     @classmethod
@@ -369,12 +369,13 @@ class Seed:
 
     @property
     def position(self) -> tuple:
-        """Where its training stands: the next epoch and the step inside it, (-1, 0) before
-        anything (a checkpoint from before the first step is its own group all the same)."""
+        """Where its training stands: the next epoch and the step inside it (-1: between
+        epochs, its order not drawn yet); (-1, -1) before anything. Seeds train together only
+        from the same position."""
         if self.saved is None:
-            return (-1, 0)
+            return (-1, -1)
         progress = self.saved["progress"]
-        return (self.saved["next_epoch"], 0 if progress is None else progress["steps_done"])
+        return (self.saved["next_epoch"], -1 if progress is None else progress["steps_done"])
 
 
 def computation(cfg: TrainConfig, device: torch.device, compiled: bool) -> dict:
@@ -407,10 +408,11 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     `stop()` turns true (then Preempted is raised), and a seed that finds a checkpoint from the
     same settings and code resumes from it; seeds whose checkpoints stand at different steps
     train one group after another. A seed that diverges keeps what it logged in
-    metrics.diverged.h5 while the others finish; TrainingDiverged is raised at the end.
+    metrics.diverged.h5 while the others finish; TrainingDiverged is raised at the end. A seed
+    whose metrics.diverged.h5 records this very computation is not trained again.
     `compiled` runs the step through torch.compile (CUDA graphs on CUDA)."""
-    started = time.perf_counter()
     check_one_run(cfgs, files)
+    diverged_before = []
     # Outputs that could not be written at the end are refused before any training.
     for seed_files in files:
         for path in (seed_files.out, diverged_path(seed_files.out), seed_files.checkpoint):
@@ -419,8 +421,19 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     seeds = []
     for cfg, seed_files in zip(cfgs, files, strict=True):
         seed = Seed(cfg, seed_files, computation(cfg, device, compiled))
-        if not recovered_finished_copy(seed, log):
-            seeds.append(seed)
+        if recovered_finished_copy(seed, log):
+            continue
+        kept = diverged_path(seed_files.out)
+        if kept.exists() and runfile.records(kept, seed.computation, status="diverged"):
+            # The same computation diverged before: training it again would diverge again.
+            seed.diverged = (
+                f"{cfg.run} seed {cfg.seed} diverged before with these settings and code, as "
+                f"{kept} records; not trained again (delete that file to retry)"
+            )
+            log(seed.diverged, flush=True)
+            diverged_before.append(seed)
+            continue
+        seeds.append(seed)
     for seed in seeds:
         seed.split = read_split(seed.files.split)
         if seed.split["seed"] != seed.cfg.seed:
@@ -435,9 +448,8 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     for seed in seeds:
         groups[seed.position].append(seed)
     for position in sorted(groups):
-        train_group(groups[position], data_path, device, log, checkpoint_every, stop, compiled,
-                    started)  # fmt: skip
-    diverged = [seed.diverged for seed in seeds if seed.diverged]
+        train_group(groups[position], data_path, device, log, checkpoint_every, stop, compiled)
+    diverged = [seed.diverged for seed in diverged_before + seeds if seed.diverged]
     if diverged:
         raise TrainingDiverged("; ".join(diverged))
 
@@ -449,6 +461,11 @@ def check_one_run(cfgs: list[TrainConfig], files: list[SeedFiles]) -> None:
     seeds = [cfg.seed for cfg in cfgs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: {seeds} names a seed twice")
+    outs = [f.out for f in files]
+    checkpoints = [f.checkpoint for f in files if f.checkpoint is not None]
+    for option, paths in (("--out", outs), ("--checkpoint", checkpoints)):
+        if len(set(paths)) != len(paths):
+            raise ConfigError(f"{option}: two seeds are given the same file")
     for cfg in cfgs[1:]:
         if replace(cfg, seed=cfgs[0].seed) != cfgs[0]:
             raise ConfigError(
@@ -473,8 +490,9 @@ def recovered_finished_copy(seed: Seed, log) -> bool:
 
 
 def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
-                checkpoint_every: int, stop, compiled: bool, started: float) -> None:  # fmt: skip
+                checkpoint_every: int, stop, compiled: bool) -> None:  # fmt: skip
     """Train seeds that stand at the same step together, to the end of the run."""
+    started = time.perf_counter()
     cfg = seeds[0].cfg
     names = " ".join(str(seed.cfg.seed) for seed in seeds)
     images = load_images(data_path, [seed.split for seed in seeds], device)
