@@ -1,6 +1,7 @@
 """The SLURM profile, on a real one-node SLURM cluster that this module brings up and tears down:
 the smoke preset submitted through snakemake's slurm executor builds what the local run builds,
-and only the training jobs go to SLURM, each with the GPU request of the real profile."""
+and only the training jobs go to SLURM, each with the profile's requests and the GPU the config
+asks for."""
 
 import os
 import subprocess
@@ -22,9 +23,10 @@ SITE = {
     "mem_mb": 2000,
     "runtime": 30,
 }
-# The smoke preset's training settings, with the seeds of a run trained together.
+# The smoke preset's training settings, with the seeds of a run trained together and a GPU per
+# job, as config.yaml asks.
 PACKED = (
-    "train_resources={seeds_per_job: 2, threads: 1, gpus: 0, device: cpu, checkpoint_every: 1, "
+    "train_resources={seeds_per_job: 2, threads: 1, gpus: 1, device: cpu, checkpoint_every: 1, "
     "compile: false, tf32: false}"
 )
 HANG_GUARD_S = 1200  # snakemake waits for ever on a status it cannot read: fail instead
@@ -82,8 +84,7 @@ def test_smoke_preset_through_the_slurm_profile(
     cluster: Cluster, tmp_path: Path, mnist_dir: Path
 ) -> None:
     workdir = copy_workflow(tmp_path / "wf")
-    profile = adapt_profile(workdir)
-    assert profile["default-resources"]["gpu"] == 1
+    adapt_profile(workdir)
     command = [
         "snakemake", "--workflow-profile", PROFILE, "--configfile", SMOKE,
         "--slurm-init-seconds-before-status-checks", "1",
@@ -95,10 +96,10 @@ def test_smoke_preset_through_the_slurm_profile(
     )
     print(f"snakemake through SLURM took {time.monotonic() - started:.1f} s")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_smoke_outputs(workdir)
+    assert_smoke_outputs(workdir, seeds_per_job=2)
 
     # Training went to SLURM, one job per run training its two seeds together, each asking for
-    # one GPU as the profile says; every other rule ran on the submitting node.
+    # the one GPU train_resources.gpus says; every other rule ran on the submitting node.
     jobs = sacct_jobs()
     assert len(jobs) == len(RUNS), jobs
     for job in jobs:
