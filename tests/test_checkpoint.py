@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from run_contents import run_file_contents
 
 from ssvae import checkpoint, data
 from ssvae.checkpoint import CheckpointMismatch
@@ -41,20 +42,6 @@ def train_command(small_mnist: Path, split: Path, out: Path, *options: str,
         "--run-config", json.dumps(run), "--out", str(out), "--device", "cpu", "--threads", "1",
         *options,
     ]  # fmt: skip
-
-
-def run_file_contents(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of a run file but the timings, which no two runs share."""
-    contents = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                contents.__setitem__(name, obj[()])
-                if isinstance(obj, h5py.Dataset) and not name.endswith("duration")
-                else None
-            )
-        )
-    return contents
 
 
 def assert_same_run(resumed: Path, reference: Path) -> None:

@@ -3,11 +3,11 @@ diverges leaves the others to finish, and a pack's seeds resume from their own c
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 from labeled_split import split_file
+from run_contents import run_file_contents
 
 from ssvae import runfile, train
 from ssvae.config import ConfigError, TrainConfig
@@ -38,20 +38,6 @@ def config(model: str, seed: int = 2, **overrides) -> TrainConfig:
     return TrainConfig(
         run=f"pack_{model}", model=model, seed=seed, params=params, **SHORT | overrides
     )
-
-
-def run_file_contents(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of a run file but the timings."""
-    contents = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                contents.__setitem__(name, obj[()])
-                if isinstance(obj, h5py.Dataset) and not name.endswith("duration")
-                else None
-            )
-        )
-    return contents
 
 
 def assert_same_numbers(found: Path, expected: Path) -> None:
