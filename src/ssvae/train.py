@@ -360,6 +360,7 @@ class Seed:
 
     cfg: TrainConfig
     files: SeedFiles
+    fingerprint: dict  # of its settings and the training code: what its checkpoints carry
     computation: dict
     split: dict | None = None
     saved: dict | None = None  # the checkpoint it resumes from
@@ -378,12 +379,13 @@ class Seed:
         return (self.saved["next_epoch"], -1 if progress is None else progress["steps_done"])
 
 
-def computation(cfg: TrainConfig, device: torch.device, compiled: bool) -> dict:
+def computation(cfg: TrainConfig, fingerprint: dict, device: torch.device,
+                compiled: bool) -> dict:  # fmt: skip
     """What a seed computes and how: recorded in its run file; a finished copy of a run file
     stands in for training only where all of it is the same."""
     return {
         "config": json.loads(cfg.to_json()),
-        "code_digest": checkpoint.code_digest(),
+        "code_digest": fingerprint["code"],
         **compute.versions(),
         "device": compute.device_name(device),
         "compiled_step": compiled,
@@ -420,7 +422,9 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
                 check_writable(path)
     seeds = []
     for cfg, seed_files in zip(cfgs, files, strict=True):
-        seed = Seed(cfg, seed_files, computation(cfg, device, compiled))
+        fingerprint = checkpoint.fingerprint(cfg.to_json())
+        how = computation(cfg, fingerprint, device, compiled)
+        seed = Seed(cfg, seed_files, fingerprint, how)
         if recovered_finished_copy(seed, log):
             continue
         kept = diverged_path(seed_files.out)
@@ -442,8 +446,7 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
                 f"split file {seed.files.split}"
             )
         if seed.files.checkpoint is not None and seed.files.checkpoint.exists():
-            expected = checkpoint.fingerprint(seed.cfg.to_json())
-            seed.saved = checkpoint.load(seed.files.checkpoint, expected, device)
+            seed.saved = checkpoint.load(seed.files.checkpoint, seed.fingerprint, device)
     groups = defaultdict(list)
     for seed in seeds:
         groups[seed.position].append(seed)
@@ -536,7 +539,7 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
                 continue
             state = checkpoint.capture_seed(
                 i,
-                checkpoint.fingerprint(seed.cfg.to_json()),
+                seed.fingerprint,
                 next_epoch,
                 None if progress is None else progress.of_seed(i),
                 model,
