@@ -5,7 +5,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from labeled_split import split_file
@@ -76,7 +75,7 @@ def small_mnist(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory) 
     sizes = {"train": N_TRAIN, "valid": N_EVAL, "test": N_EVAL}
     small = {key: values[: sizes[key.split("_")[0]]] for key, values in arrays.items()}
     path = tmp_path_factory.mktemp("small_mnist") / "mnist.npz"
-    np.savez(path, **small)
+    data.write_arrays(path, small)
     return path
 
 

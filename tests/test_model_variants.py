@@ -5,7 +5,6 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -517,7 +516,7 @@ def reduced_mnist(prepared_mnist: Path, tmp_path_factory) -> tuple[Path, Path]:
     arrays = data.load(prepared_mnist)
     reduced = {key: values[: REDUCED_SIZES[key.split("_")[0]]] for key, values in arrays.items()}
     directory = tmp_path_factory.mktemp("reduced_mnist")
-    np.savez(directory / "mnist.npz", **reduced)
+    data.write_arrays(directory / "mnist.npz", reduced)
     write_split(reduced["train_y"], TRAIN_SEED, directory / "split.json")
     return directory / "mnist.npz", directory / "split.json"
 

@@ -6,6 +6,7 @@ seed's run depends on: its model and optimizer state (the BatchNorm statistics a
 buffers), its random stream, the metric history so far, and where training stands (the next
 epoch, or a position inside an epoch). It also holds a fingerprint of the run's settings and of
 the training code; a checkpoint whose fingerprint differs is refused, never resumed silently.
+Its content is sealed by a digest written with it: a damaged checkpoint is never resumed.
 """
 
 import hashlib
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ssvae.errors import UserError
-from ssvae.io import write_atomic
+from ssvae.io import DamagedFile, sha256, write_atomic
 from ssvae.runfile import RunLog
 
 
@@ -40,15 +41,16 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(config_json: str) -> dict:
-    return {"config": config_json, "code": code_digest(), "torch": str(torch.__version__)}
-
-
-def finished_copy_path(checkpoint_path: Path) -> Path:
-    """Where a completed run keeps a second name of its run file (checkpoint.pt ->
-    checkpoint.finished.h5), so that a rerun after the run file was thrown away (snakemake
-    interrupted as the job finished marks it incomplete) recovers it instead of training again."""
-    return checkpoint_path.with_name(f"{checkpoint_path.stem}.finished.h5")
+def fingerprint(config_json: str, retrain_request: str | None = None) -> dict:
+    """What a checkpoint must have been written with to be resumed: these settings, this
+    training code and torch. A seed being retrained on request also records which request
+    (`retrain_request`), so that the retrain resumes only checkpoints of its own."""
+    return {
+        "config": config_json,
+        "code": code_digest(),
+        "torch": str(torch.__version__),
+        "retrain_request": retrain_request,
+    }
 
 
 def capture_seed(i: int, fingerprint: dict, next_epoch: int, progress: dict | None, model,
@@ -128,29 +130,38 @@ def _map_values(groups: dict, convert) -> dict:
     }
 
 
+# A checkpoint file: this line with the sha256 of what follows it, then torch.save's bytes.
+SEAL = b"ssvae checkpoint, sha256 "
+
+
 def save(path: Path, state: dict) -> None:
     """Write atomically: a kill or a full disk during the write leaves the previous checkpoint
     intact. Serialised in memory first, so that a failed write is a plain OSError (torch's
     own zip writer reports a full disk as an internal error)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
+    payload = buffer.getvalue()
+    write_atomic(path, SEAL + sha256(payload).encode() + b"\n" + payload)
 
 
 def load(path: Path, expected: dict, device: torch.device) -> dict:
-    """The checkpoint's state, after checking that `expected` (a fingerprint) matches it."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for a corrupt or truncated file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointMismatch(
-            f"checkpoint {path} cannot be read ({reason}); delete it"
-        ) from None
+    """The checkpoint's state, after checking its content against its digest (DamagedFile) and
+    that `expected` (a fingerprint) matches it (CheckpointMismatch). A checkpoint written for a
+    retrain request is a mismatch only for another request (`expected["retrain_request"]`)."""
+    content = path.read_bytes()
+    header, _, payload = content.partition(b"\n")
+    if not header.startswith(SEAL):
+        raise DamagedFile(path, "no recorded digest: not a checkpoint of this version of ssvae")
+    if header.removeprefix(SEAL).decode(errors="replace") != sha256(payload):
+        raise DamagedFile(path)
+    state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
     found = state.get("fingerprint") if isinstance(state, dict) else None
     if not isinstance(found, dict) or set(found) != set(expected):
         raise CheckpointMismatch(
             f"checkpoint {path} is not a checkpoint of ssvae-train (no fingerprint); delete it"
         )
+    if expected["retrain_request"] not in (None, found["retrain_request"]):
+        raise CheckpointMismatch(f"checkpoint {path} was written before the retrain asked for")
     for key, what in (("config", "settings"), ("code", "training code"), ("torch", "torch")):
         if found[key] != expected[key]:
             raise CheckpointMismatch(

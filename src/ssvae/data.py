@@ -22,7 +22,7 @@ import numpy as np
 
 from ssvae.cli import entry_point_parser
 from ssvae.errors import UserError, exit_on_user_error
-from ssvae.io import OutputError, atomic_output, write_atomic
+from ssvae.io import DamagedFile, OutputError, atomic_output, sha256, write_atomic
 
 # Decompressed size and sha256 of each file (../shared/data/mnist/README.md).
 MNIST_FILES = {
@@ -46,6 +46,7 @@ MNIST_FILES = {
 N_TRAIN = 50_000  # the first 50,000 training images; the last 10,000 are the validation split
 IDX_DTYPE_UBYTE = 0x08
 PREPARED_ARRAYS = ("train_x", "train_y", "valid_x", "valid_y", "test_x", "test_y")
+ARRAYS_FORMAT = 2  # 2: the file records the sha256 of the arrays' content
 
 
 class DataError(UserError):
@@ -201,28 +202,55 @@ def prepare(raw_dir: Path, out_path: Path) -> None:
         "test_x": arrays["t10k-images-idx3-ubyte"].reshape(-1, 28 * 28),
         "test_y": arrays["t10k-labels-idx1-ubyte"],
     }
-    arrays = io.BytesIO()
-    np.savez(arrays, **split)  # through a stream: savez appends ".npz" to a bare name
-    write_atomic(out_path, arrays.getvalue())
+    write_arrays(out_path, split)
+
+
+def write_arrays(out_path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write prepared arrays with the digest of their content, atomically."""
+    buffer = io.BytesIO()
+    # through a stream: savez appends ".npz" to a bare name
+    np.savez(buffer, **arrays, sha256=np.array(content_digest(arrays)))
+    write_atomic(out_path, buffer.getvalue())
+
+
+def content_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over each prepared array's name, dtype, shape and bytes, in a fixed order."""
+    parts = [
+        f"{key} {arrays[key].dtype.str} {arrays[key].shape}".encode() + arrays[key].tobytes()
+        for key in PREPARED_ARRAYS
+    ]
+    return sha256(b"".join(sha256(part).encode() for part in parts))
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
-    """The prepared arrays: images as uint8 (N, 784), labels as int64 (N,). A file missing,
-    truncated or without one of the arrays is a DataError naming it."""
+    """The prepared arrays: images as uint8 (N, 784), labels as int64 (N,)."""
+    return load_verified(path)[0]
+
+
+def load_verified(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """The prepared arrays and their digest, checked against the one recorded when they were
+    written. A file missing, truncated, without one of the arrays or damaged is a DataError
+    naming it."""
     try:
         with np.load(path) as arrays:
-            loaded = {
-                key: arrays[key].astype(np.int64) if key.endswith("_y") else arrays[key]
-                for key in arrays.files
-            }
+            stored = {key: arrays[key] for key in arrays.files}
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataError(f"{path}: not a readable .npz of prepared MNIST ({err})") from None
-    missing = [key for key in PREPARED_ARRAYS if key not in loaded]
+    missing = [key for key in PREPARED_ARRAYS if key not in stored]
     if missing:
         raise DataError(f"{path}: no array {missing[0]!r}; not prepared MNIST")
-    return loaded
+    if "sha256" not in stored:
+        raise DamagedFile(path, "no recorded digest: prepared by an earlier ssvae; delete it")
+    digest = content_digest(stored)
+    if str(stored["sha256"]) != digest:
+        raise DamagedFile(path, "its content does not match its recorded digest; delete it")
+    loaded = {
+        key: stored[key].astype(np.int64) if key.endswith("_y") else stored[key]
+        for key in PREPARED_ARRAYS
+    }
+    return loaded, digest
 
 
 def fetch_main(argv: list[str] | None = None) -> None:

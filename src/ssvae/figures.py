@@ -5,7 +5,7 @@ here: the workflow reads this table when it plans."""
 
 from dataclasses import dataclass
 
-PLOTS_DIR = "results/plots"
+PLOTS_DIR = "plots"  # inside the configuration's results_dir
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,12 @@ FIGURES = (
 BY_STEM = {figure.stem: figure for figure in FIGURES}
 
 
-def comparison_path(stem: str) -> str:
-    return f"{PLOTS_DIR}/{stem}.png"
+def comparison_path(results_dir: str, stem: str) -> str:
+    return f"{results_dir}/{PLOTS_DIR}/{stem}.png"
 
 
-def per_run_path(stem: str, run: str, seed: int | str) -> str:
-    return f"{PLOTS_DIR}/{stem}_{run}_seed{seed}.png"
+def per_run_path(results_dir: str, stem: str, run: str, seed: int | str) -> str:
+    return f"{results_dir}/{PLOTS_DIR}/{stem}_{run}_seed{seed}.png"
 
 
 def figure_of(file_name: str) -> Figure:

@@ -1,6 +1,9 @@
 """Output files: written whole or not at all, and a write that cannot succeed said in one line."""
 
+import fcntl
+import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,18 +66,45 @@ def write_atomic(path: Path, content: bytes) -> None:
             raise _cannot_write(path, err) from None
 
 
-def link_atomic(source: Path, path: Path) -> None:
-    """Give the file `source` the second name `path` (a hard link: no copy on disk; a copy where
-    the filesystem has no hard links), atomically."""
-    with atomic_output(path) as tmp:
-        tmp.unlink()
+def sha256(content: bytes) -> str:
+    """The digest every file that the pipeline reads back to avoid work is checked against."""
+    return hashlib.sha256(content).hexdigest()
+
+
+class DamagedFile(InputError):
+    """A file whose content no longer matches the digest recorded when it was written."""
+
+    def __init__(self, path: Path, why: str = "its content does not match its recorded digest"):
+        super().__init__(f"{path}: damaged ({why})")
+
+
+class Busy(UserError):
+    """Another process holds the lock on files that one process at a time may write."""
+
+
+@contextmanager
+def hold_lock(path: Path, doing: str) -> Iterator[None]:
+    """Hold the exclusive lock `path` for the block (the kernel releases it when the process
+    ends, however it ends). If another process holds it, raise Busy naming that process and
+    what it is `doing`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as err:
+        raise _cannot_write(path, err) from None
+    with handle:
         try:
-            os.link(source, tmp)
-        except OSError:
-            try:
-                tmp.write_bytes(Path(source).read_bytes())
-            except OSError as err:
-                raise _cannot_write(path, err) from None
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise Busy(f"{holder} is already {doing} (it holds {path})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
 
 
 @contextmanager

@@ -71,13 +71,14 @@ class RunLog:
         for name, value in values.items():
             store[name].append(value)
 
-    def write(self, path: Path, attrs: dict) -> None:
-        write(path, attrs, self.history, {group: a for group, a in self.arrays.items() if a})
+    def write(self, path: Path, attrs: dict) -> bytes:
+        return write(path, attrs, self.history, {g: a for g, a in self.arrays.items() if a})
 
 
-def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:
+def write(path: Path, attrs: dict, history: dict, arrays: dict) -> bytes:
     """Write atomically: `history[split][metric]` lists and `arrays[group][name]` arrays. Built
-    in memory, so that a write that fails (a full disk) is one OutputError naming `path`."""
+    in memory, so that a write that fails (a full disk) is one OutputError naming `path`; the
+    bytes written are returned."""
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         for key, value in attrs.items():
@@ -101,6 +102,7 @@ def write(path: Path, attrs: dict, history: dict, arrays: dict) -> None:
                     chunks=(1, *values.shape[1:]) if big and len(values) else None,
                 )
     write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def read_history(path: Path) -> dict[str, dict[str, np.ndarray]]:

@@ -9,10 +9,11 @@ import numpy as np
 from ssvae import data
 from ssvae.cli import entry_point_parser
 from ssvae.errors import InputError, exit_on_user_error
-from ssvae.io import write_atomic
+from ssvae.io import DamagedFile, sha256, write_atomic
 
 N_CLASSES = 10
 MAX_SEED = (2**32 - 1) // 10  # RandomState(10 * seed) takes 32-bit seeds
+SPLIT_FORMAT = 2  # 2: the file records the sha256 of its content
 
 
 def labeled_indices(train_y: np.ndarray, seed: int, per_class: int = 10) -> np.ndarray:
@@ -40,12 +41,20 @@ def write_split(train_y: np.ndarray, seed: int, out_path: Path, per_class: int =
         "indices": indices.tolist(),
         "labels": train_y[indices].tolist(),
     }
+    split["sha256"] = content_digest(split)
     write_atomic(out_path, json.dumps(split).encode())
     return split
 
 
+def content_digest(split: dict) -> str:
+    """sha256 of everything in a split but its recorded digest, in a canonical form."""
+    content = {key: value for key, value in split.items() if key != "sha256"}
+    return sha256(json.dumps(content, sort_keys=True).encode())
+
+
 def read_split(path: Path) -> dict:
-    """A split file written by `write_split`; anything else is an InputError naming it."""
+    """A split file written by `write_split`, its content checked against the digest recorded
+    in it; anything else is an InputError naming it."""
     try:
         split = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -60,6 +69,10 @@ def read_split(path: Path) -> dict:
     )
     if not well_formed:
         raise InputError(f"{path}: not a split file (needs an integer seed and integer indices)")
+    if "sha256" not in split:
+        raise DamagedFile(path, "no recorded digest: written by an earlier ssvae; delete it")
+    if split["sha256"] != content_digest(split):
+        raise DamagedFile(path, "its content does not match its recorded digest; delete it")
     return split
 
 

@@ -11,11 +11,13 @@ state, its divergence, its checkpoint and its run file are its own.
 """
 
 import json
+import os
 import resource
 import signal
 import threading
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +26,11 @@ import numpy as np
 import torch
 
 import ssvae
-from ssvae import checkpoint, compute, data, runfile
+from ssvae import checkpoint, compute, data, runfile, store
 from ssvae.cli import entry_point_parser
 from ssvae.config import ConfigError, TrainConfig, settings_help
 from ssvae.errors import UserError, exit_on_user_error
-from ssvae.io import check_writable, link_atomic
+from ssvae.io import DamagedFile, check_writable, hold_lock, write_atomic
 from ssvae.models import SemiSupervisedVAE, build_model
 from ssvae.nn import N_CLASSES, Z_DIM, SeedRandom, bernoulli_draw
 from ssvae.schedules import Annealing, annealing, learning_rate
@@ -349,8 +351,9 @@ class SeedFiles:
     checkpoint: Path | None = None
 
     @property
-    def finished_copy(self) -> Path | None:
-        return None if self.checkpoint is None else checkpoint.finished_copy_path(self.checkpoint)
+    def lock(self) -> Path:
+        """Held while a process trains the seed: two trainers never write one seed's files."""
+        return self.out.with_name(f"{self.out.stem}.lock")
 
 
 @dataclass
@@ -362,7 +365,9 @@ class Seed:
     files: SeedFiles
     fingerprint: dict  # of its settings and the training code: what its checkpoints carry
     computation: dict
-    split: dict | None = None
+    split: dict
+    stored: Path | None = None  # its entry in the result store
+    retrain: str | None = None  # the retrain request it answers, if one is pending
     saved: dict | None = None  # the checkpoint it resumes from
     run_log: runfile.RunLog = field(default_factory=runfile.RunLog)
     wall_before: float = 0.0  # seconds spent in earlier attempts
@@ -381,8 +386,7 @@ class Seed:
 
 def computation(cfg: TrainConfig, fingerprint: dict, device: torch.device,
                 compiled: bool) -> dict:  # fmt: skip
-    """What a seed computes and how: recorded in its run file; a finished copy of a run file
-    stands in for training only where all of it is the same."""
+    """What a seed computes and how: recorded in its run file."""
     return {
         "config": json.loads(cfg.to_json()),
         "code_digest": fingerprint["code"],
@@ -395,16 +399,19 @@ def computation(cfg: TrainConfig, fingerprint: dict, device: torch.device,
 
 def train(cfg: TrainConfig, data_path: Path, split_path: Path, out_path: Path,
           device: torch.device, log=print, checkpoint_path: Path | None = None,
-          checkpoint_every: int = 0, stop=lambda: False,
-          compiled: bool = False) -> None:  # fmt: skip
+          checkpoint_every: int = 0, stop=lambda: False, compiled: bool = False,
+          result_store: store.ResultStore | None = None) -> None:  # fmt: skip
     """Train one seed: a pack of one (see `train_pack`)."""
     files = SeedFiles(split_path, out_path, checkpoint_path)
-    train_pack([cfg], data_path, [files], device, log, checkpoint_every, stop, compiled)
+    train_pack(
+        [cfg], data_path, [files], device, log, checkpoint_every, stop, compiled, result_store
+    )
 
 
 def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
                device: torch.device, log=print, checkpoint_every: int = 0,
-               stop=lambda: False, compiled: bool = False) -> None:  # fmt: skip
+               stop=lambda: False, compiled: bool = False,
+               result_store: store.ResultStore | None = None) -> None:  # fmt: skip
     """Train the seeds of one run together and write each one's run file. With checkpoint
     files, each seed's training state goes to its own every `checkpoint_every` epochs and when
     `stop()` turns true (then Preempted is raised), and a seed that finds a checkpoint from the
@@ -412,7 +419,11 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     train one group after another. A seed that diverges keeps what it logged in
     metrics.diverged.h5 while the others finish; TrainingDiverged is raised at the end. A seed
     whose metrics.diverged.h5 records this very computation is not trained again.
-    `compiled` runs the step through torch.compile (CUDA graphs on CUDA)."""
+    With a result store, a seed whose computation it holds takes its run file from there, and
+    each completed run file goes into it. A seed with a pending retrain request (ssvae.store)
+    trains anew: the store and its diverged record stand in for nothing, and only checkpoints
+    written for that request are resumed. `compiled` runs the step through torch.compile
+    (CUDA graphs on CUDA)."""
     check_one_run(cfgs, files)
     diverged_before = []
     # Outputs that could not be written at the end are refused before any training.
@@ -420,15 +431,14 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
         for path in (seed_files.out, diverged_path(seed_files.out), seed_files.checkpoint):
             if path is not None:
                 check_writable(path)
+    data_digest = data.load_verified(data_path)[1]
     seeds = []
     for cfg, seed_files in zip(cfgs, files, strict=True):
-        fingerprint = checkpoint.fingerprint(cfg.to_json())
-        how = computation(cfg, fingerprint, device, compiled)
-        seed = Seed(cfg, seed_files, fingerprint, how)
-        if recovered_finished_copy(seed, log):
+        seed = new_seed(cfg, seed_files, data_digest, device, compiled, result_store)
+        if recovered_from_store(seed, result_store, log):
             continue
         kept = diverged_path(seed_files.out)
-        if kept.exists() and runfile.records(kept, seed.computation, status="diverged"):
+        if seed.retrain is None and runfile.records(kept, seed.computation, status="diverged"):
             # The same computation diverged before: training it again would diverge again.
             seed.diverged = (
                 f"{cfg.run} seed {cfg.seed} diverged before with these settings and code, as "
@@ -439,19 +449,15 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
             continue
         seeds.append(seed)
     for seed in seeds:
-        seed.split = read_split(seed.files.split)
-        if seed.split["seed"] != seed.cfg.seed:
-            raise ConfigError(
-                f"seed: {seed.cfg.seed} does not match the seed {seed.split['seed']} of the "
-                f"split file {seed.files.split}"
-            )
-        if seed.files.checkpoint is not None and seed.files.checkpoint.exists():
-            seed.saved = checkpoint.load(seed.files.checkpoint, seed.fingerprint, device)
+        seed.saved = resumable_checkpoint(seed, device, log)
     groups = defaultdict(list)
     for seed in seeds:
         groups[seed.position].append(seed)
     for position in sorted(groups):
-        train_group(groups[position], data_path, device, log, checkpoint_every, stop, compiled)
+        train_group(
+            groups[position], data_path, device, log, checkpoint_every, stop, compiled,
+            result_store,
+        )  # fmt: skip
     diverged = [seed.diverged for seed in diverged_before + seeds if seed.diverged]
     if diverged:
         raise TrainingDiverged("; ".join(diverged))
@@ -477,23 +483,65 @@ def check_one_run(cfgs: list[TrainConfig], files: list[SeedFiles]) -> None:
             )
 
 
-def recovered_finished_copy(seed: Seed, log) -> bool:
-    """Whether the seed had completed: its finished copy (from the same computation) becomes
-    its run file. A finished copy of another computation is superseded and removed."""
-    finished_copy = seed.files.finished_copy
-    if finished_copy is None or not finished_copy.exists():
+def new_seed(cfg: TrainConfig, files: SeedFiles, data_digest: str, device: torch.device,
+             compiled: bool, result_store: store.ResultStore | None) -> Seed:  # fmt: skip
+    """A seed of the job, with its verified split, what it computes and its entry in the
+    store."""
+    split = read_split(files.split)
+    if split["seed"] != cfg.seed:
+        raise ConfigError(
+            f"seed: {cfg.seed} does not match the seed {split['seed']} of the split file "
+            f"{files.split}"
+        )
+    retrain = store.pending_retrain(files.out)
+    fingerprint = checkpoint.fingerprint(cfg.to_json(), retrain)
+    how = computation(cfg, fingerprint, device, compiled)
+    seed = Seed(cfg, files, fingerprint, how, split, retrain=retrain)
+    if result_store is not None:
+        key = store.result_key(cfg.to_json(), fingerprint["code"], data_digest, split["sha256"])
+        seed.stored = result_store.entry(cfg.run, cfg.seed, key)
+    return seed
+
+
+def recovered_from_store(seed: Seed, result_store: store.ResultStore | None, log) -> bool:
+    """Whether the store held the seed's computation, sound, and no retrain was asked for: then
+    its stored run file is now its run file."""
+    if result_store is None or seed.retrain is not None:
         return False
-    if runfile.records(finished_copy, seed.computation):
-        link_atomic(finished_copy, seed.files.out)
-        log(f"seed {seed.cfg.seed} had already completed: {seed.files.out} recovered from "
-            f"{finished_copy}")  # fmt: skip
-        return True
-    finished_copy.unlink()
-    return False
+    try:
+        content = result_store.take(seed.stored)
+    except DamagedFile as err:
+        log(f"seed {seed.cfg.seed}: {err}; training it again", flush=True)
+        return False
+    if content is None:
+        return False
+    write_atomic(seed.files.out, content)
+    log(f"seed {seed.cfg.seed} had already been computed: {seed.files.out} taken from the result "
+        f"store ({seed.stored}), nothing trained")  # fmt: skip
+    return True
+
+
+def resumable_checkpoint(seed: Seed, device: torch.device, log) -> dict | None:
+    """The seed's checkpoint to resume from, or None to start afresh: there is none, it is
+    damaged (said in the log), or it predates the seed's retrain request. A checkpoint of other
+    settings or code is refused (CheckpointMismatch)."""
+    path = seed.files.checkpoint
+    if path is None or not path.exists():
+        return None
+    try:
+        return checkpoint.load(path, seed.fingerprint, device)
+    except DamagedFile as err:
+        log(f"seed {seed.cfg.seed}: {err}; training it from the start", flush=True)
+    except checkpoint.CheckpointMismatch as err:
+        if seed.retrain is None:
+            raise
+        log(f"seed {seed.cfg.seed}: retrain asked for; {err}, not resumed", flush=True)
+    return None
 
 
 def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
-                checkpoint_every: int, stop, compiled: bool) -> None:  # fmt: skip
+                checkpoint_every: int, stop, compiled: bool,
+                result_store: store.ResultStore | None) -> None:  # fmt: skip
     """Train seeds that stand at the same step together, to the end of the run."""
     started = time.perf_counter()
     cfg = seeds[0].cfg
@@ -528,10 +576,10 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
     def wall_seconds(seed: Seed) -> float:
         return seed.wall_before + time.perf_counter() - started
 
-    def save(seed: Seed, path: Path, status: str) -> None:
+    def save(seed: Seed, path: Path, status: str) -> bytes:
         how = seed.computation | step_fn.how_it_ran()
         attributes = run_attributes(seed.cfg, how, n_params, status, wall_seconds(seed))
-        seed.run_log.write(path, attributes | job_attributes(seeds, started))
+        return seed.run_log.write(path, attributes | job_attributes(seeds, started))
 
     def save_checkpoints(next_epoch: int) -> None:
         for i, seed in enumerate(seeds):
@@ -628,10 +676,24 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
     for seed in seeds:
         if seed.diverged:
             continue
-        save(seed, seed.files.out, "complete")
+        content = save(seed, seed.files.out, "complete")
+        if result_store is not None:
+            result_store.put(seed.stored, content, stored_record(seed))
         if seed.files.checkpoint is not None:
-            link_atomic(seed.files.out, seed.files.finished_copy)
             seed.files.checkpoint.unlink(missing_ok=True)  # the run file now holds everything
+        store.fulfil_retrain(seed.files.out, seed.retrain)
+
+
+def stored_record(seed: Seed) -> dict:
+    """What the store records beside a run file, to be read by people: what it computed."""
+    return {
+        "run": seed.cfg.run,
+        "seed": seed.cfg.seed,
+        "settings": json.loads(seed.cfg.to_json()),
+        "code_digest": seed.fingerprint["code"],
+        "split_digest": seed.split["sha256"],
+        "stored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def job_attributes(seeds: list[Seed], started: float) -> dict:
@@ -693,8 +755,14 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         nargs="+",
         help="file for each seed's training state: written every --checkpoint-every epochs and "
-        "on SIGTERM or SIGINT, resumed from when present, deleted when the run completes (which "
-        "leaves a finished copy of the run file beside it, <stem>.finished.h5)",
+        "on SIGTERM or SIGINT, resumed from when present, deleted when the run completes",
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="result store: a seed whose computation it holds takes its run file from there "
+        "instead of training (unless <out stem>.retrain asks for a retrain), and every "
+        "completed run file goes into it",
     )
     parser.add_argument(
         "--checkpoint-every",
@@ -725,16 +793,48 @@ def main(argv: list[str] | None = None) -> None:
             if len(paths) != len(seeds):
                 raise ConfigError(f"{option}: {len(paths)} paths for {len(seeds)} seeds")
         files = [SeedFiles(*paths) for paths in zip(args.split, args.out, checkpoints, strict=True)]
-        device, compiled = compute.apply_compute_options(args)
-        train_pack(
-            cfgs,
-            args.data,
-            files,
-            device,
-            checkpoint_every=args.checkpoint_every,
-            stop=stop_on_signals(),
-            compiled=compiled,
-        )
+        with ExitStack() as held:
+            for seed_files in files:
+                held.enter_context(hold_lock(seed_files.lock, f"training {seed_files.out}"))
+            log = attempts_log([seed_files.out for seed_files in files])
+            device, compiled = compute.apply_compute_options(args)
+            train_pack(
+                cfgs,
+                args.data,
+                files,
+                device,
+                log,
+                checkpoint_every=args.checkpoint_every,
+                stop=stop_on_signals(),
+                compiled=compiled,
+                result_store=None if args.store is None else store.ResultStore(args.store),
+            )
+
+
+def attempts_log_path(out_path: Path) -> Path:
+    """metrics.h5 -> metrics.attempts.log: every attempt's log lines, which a job's own log
+    (rewritten by each attempt) does not keep."""
+    return out_path.with_name(f"{out_path.stem}.attempts.log")
+
+
+def attempts_log(out_paths: list[Path]):
+    """A `log` that prints and also appends each line to every seed's attempts log, which this
+    attempt opens with a line saying when and where it started."""
+    paths = [attempts_log_path(out) for out in out_paths]
+    for path in paths:
+        check_writable(path)
+
+    def log(line: str, flush: bool = False) -> None:
+        print(line, flush=flush)
+        for path in paths:
+            with path.open("a") as attempts:
+                attempts.write(line + "\n")
+
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    for path in paths:
+        with path.open("a") as attempts:
+            attempts.write(f"--- attempt started {started} (process {os.getpid()})\n")
+    return log
 
 
 def stop_on_signals():

@@ -6,21 +6,13 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from ssvae.checkpoint import finished_copy_path
 from ssvae.config import ConfigError, run_settings
+from ssvae.data import ARRAYS_FORMAT
 from ssvae.workflow_config import validate
 from ssvae.figures import BY_STEM, FIGURES, comparison_path, per_run_path
 from ssvae.models import MODELS
-
-MNIST_RAW_DIR = "results/data/mnist/raw"
-MNIST_ARRAYS = "results/data/mnist.npz"
-RUN_FILE = "results/runs/{run}/seed{seed}/metrics.h5"
-CHECKPOINT_FILE = "results/runs/{run}/seed{seed}/checkpoint.pt"
-SPLIT_FILE = "results/splits/seed{seed}.json"
-# The original's 10-seed numbers per run label (docs/original.md, section 8).
-REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
-# Source files whose edits must re-render what they produce (and nothing upstream).
-PACKAGE_DIR = Path(workflow.basedir).parent / "src" / "ssvae"
+from ssvae.splits import SPLIT_FORMAT
+from ssvae.store import request_retrain
 
 
 def validate_config(config, schema_path):
@@ -30,6 +22,28 @@ def validate_config(config, schema_path):
         validate(config, schema)
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
+
+
+# Before the paths below, which follow the config.
+validate_config(config, "schemas/config.schema.yaml")
+
+# MNIST and the labeled splits are the same for every configuration: shared, identified by
+# their content.
+MNIST_RAW_DIR = "results/data/mnist/raw"
+MNIST_ARRAYS = "results/data/mnist.npz"
+SPLIT_FILE = "results/splits/seed{seed}.json"
+# Everything else of a configuration lives under its results_dir, so that a preset (the smoke
+# run) never writes over another configuration's results.
+RESULTS = config["results_dir"]
+RUN_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.h5"
+CHECKPOINT_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/checkpoint.pt"
+# Finished run files by what they computed (ssvae.store): what a training job recovers from.
+RESULT_STORE = f"{RESULTS}/store"
+METRICS_H5 = f"{RESULTS}/metrics/metrics.h5"
+# The original's 10-seed numbers per run label (docs/original.md, section 8).
+REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
+# Source files whose edits must re-render what they produce (and nothing upstream).
+PACKAGE_DIR = Path(workflow.basedir).parent / "src" / "ssvae"
 
 
 def run_ids():
@@ -111,11 +125,11 @@ def all_figures():
     paths = []
     for figure in FIGURES:
         if not figure.per_run:
-            paths.append(comparison_path(figure.stem))
+            paths.append(comparison_path(RESULTS, figure.stem))
             continue
         for run in run_ids():
             if MODELS[config["runs"][run]["model"]].has_decoder:
-                paths.append(per_run_path(figure.stem, run, figure_seed()))
+                paths.append(per_run_path(RESULTS, figure.stem, run, figure_seed()))
     return paths
 
 
@@ -149,11 +163,18 @@ def run_label(wildcards):
     return config["runs"][wildcards.run]["label"]
 
 
-def forget_finished_copies():
-    """After a successful call snakemake has recorded every run file it built, so the finished
-    copies that let a rerun after an interruption recover them are no longer needed; kept, they
-    would make `--forcerun train` recover a run instead of retraining it."""
-    for run_file in map(Path, run_files()):
-        if run_file.exists():
-            checkpoint_file = run_file.with_name(Path(CHECKPOINT_FILE).name)
-            finished_copy_path(checkpoint_file).unlink(missing_ok=True)
+def is_training_rule(name):
+    return name == "train" or name.startswith("train_seeds_")
+
+
+def request_forced_retrains():
+    """Before any job runs: every run file of a training job that the user forced (by file or
+    rule, -f, -F, -R) is asked to train anew (ssvae.store), so that neither the result store
+    nor an earlier checkpoint stands in for it, whatever the config lists. A job that runs for
+    any other reason (an input rebuilt, a setting changed back, snakemake interrupted) takes
+    its computation from the store where it is there."""
+    dag = workflow.dag
+    for job in dag.needrun_jobs():
+        if is_training_rule(job.rule.name) and dag.reason(job).forced:
+            for run_file in job.output:
+                request_retrain(Path(run_file))

@@ -12,6 +12,8 @@ rule prepare_mnist:
         # a resource, a changed source list reruns nothing (params would).
         sources=" ".join(shlex.quote(source) for source in config["mnist_sources"]),
     params:
+        # Recorded: arrays prepared in an earlier format (without their digest) are rebuilt.
+        file_format=ARRAYS_FORMAT,
         # A cache of verified files, not an output, so never deleted by a rerun; a file missing,
         # truncated or corrupt there is fetched again.
         raw_dir=MNIST_RAW_DIR,

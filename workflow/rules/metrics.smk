@@ -3,14 +3,14 @@ rule aggregate_metrics:
         runs=run_files(),
         code=[PACKAGE_DIR / "metrics.py", PACKAGE_DIR / "runfile.py"],
     output:
-        h5="results/metrics/metrics.h5",
+        h5=METRICS_H5,
         csv=report(
-            "results/metrics/summary.csv",
+            f"{RESULTS}/metrics/summary.csv",
             caption="../report/summary.rst",
             category="Comparison",
         ),
     log:
-        "results/logs/aggregate_metrics.log",
+        f"{RESULTS}/logs/aggregate_metrics.log",
     localrule: True
     conda:
         "../../envs/analysis.yaml"

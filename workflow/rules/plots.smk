@@ -1,16 +1,16 @@
 rule plot_comparison:
     input:
-        metrics="results/metrics/metrics.h5",
+        metrics=METRICS_H5,
         code=[PACKAGE_DIR / "plots.py", PACKAGE_DIR / "figures.py"],
     output:
         png=report(
-            comparison_path("{figure}"),
+            comparison_path(RESULTS, "{figure}"),
             caption="../report/figure.rst",
             category=figure_category,
             labels=figure_labels,
         ),
     log:
-        "results/logs/plots/{figure}.log",
+        f"{RESULTS}/logs/plots/{{figure}}.log",
     wildcard_constraints:
         figure="|".join(figure.stem for figure in FIGURES if not figure.per_run),
     localrule: True
@@ -31,14 +31,14 @@ rule plot_per_run:
         code=[PACKAGE_DIR / "plots.py", PACKAGE_DIR / "figures.py"],
     output:
         png=report(
-            per_run_path("{figure}", "{run}", "{seed}"),
+            per_run_path(RESULTS, "{figure}", "{run}", "{seed}"),
             caption="../report/figure.rst",
             category=figure_category,
             subcategory="{run}",
             labels=figure_labels,
         ),
     log:
-        "results/logs/plots/{figure}_{run}_seed{seed}.log",
+        f"{RESULTS}/logs/plots/{{figure}}_{{run}}_seed{{seed}}.log",
     wildcard_constraints:
         figure="|".join(figure.stem for figure in FIGURES if figure.per_run),
         run=run_id_pattern(),

@@ -1,22 +1,22 @@
 rule report:
     input:
-        metrics="results/metrics/metrics.h5",
+        metrics=METRICS_H5,
         reference=REFERENCE_RESULTS,
         figures=all_figures(),
         code=[PACKAGE_DIR / "report.py", PACKAGE_DIR / "figures.py"],
     output:
         md=report(
-            "results/report.md",
+            f"{RESULTS}/report.md",
             caption="../report/results_table.rst",
             category="Comparison",
         ),
         csv=report(
-            "results/report.csv",
+            f"{RESULTS}/report.csv",
             caption="../report/results_table.rst",
             category="Comparison",
         ),
     log:
-        "results/logs/report.log",
+        f"{RESULTS}/logs/report.log",
     localrule: True
     conda:
         "../../envs/analysis.yaml"

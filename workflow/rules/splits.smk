@@ -12,5 +12,8 @@ rule labeled_split:
     conda:
         "../../envs/analysis.yaml"
     threads: 1
+    params:
+        # Recorded: a split written in an earlier format (without its digest) is rebuilt.
+        file_format=SPLIT_FORMAT,
     shell:
         "ssvae-split --data {input.arrays:q} --seed {wildcards.seed} --out {output.split:q} > {log} 2>&1"

@@ -9,7 +9,7 @@ TRAIN_COMMAND = (
     "--run-config {params.run_config:q} --device {resources.device} --threads {threads} "
     "--compile {resources.compile} --tf32 {resources.tf32} "
     "--checkpoint {params.checkpoints:q} --checkpoint-every {resources.checkpoint_every} "
-    "--out {output.metrics:q} > {log} 2>&1"
+    "--store {params.store:q} --out {output.metrics:q} > {log} 2>&1"
 )
 # How a run is computed, not what it computes: as resources, changing them retrains nothing
 # (params would). The run file records them.
@@ -31,7 +31,7 @@ rule train:
     output:
         metrics=RUN_FILE,
     log:
-        "results/logs/train/{run}/seed{seed}.log",
+        f"{RESULTS}/logs/train/{{run}}/seed{{seed}}.log",
     wildcard_constraints:
         run=run_id_pattern(),
         seed=packed_seed_pattern(),
@@ -44,6 +44,7 @@ rule train:
         run_config=run_config,
         # Not an output: snakemake leaves it when the job fails, so a rerun resumes from it.
         checkpoints=job_checkpoints,
+        store=RESULT_STORE,
     shell:
         TRAIN_COMMAND
 
@@ -59,7 +60,7 @@ for pack in seed_packs():
         output:
             metrics=[RUN_FILE.replace("{seed}", str(seed)) for seed in pack],
         log:
-            f"results/logs/train/{{run}}/seeds_{'_'.join(map(str, pack))}.log",
+            f"{RESULTS}/logs/train/{{run}}/seeds_{'_'.join(map(str, pack))}.log",
         wildcard_constraints:
             run=run_id_pattern(),
         conda:
@@ -70,5 +71,6 @@ for pack in seed_packs():
         params:
             run_config=run_config,
             checkpoints=job_checkpoints,
+            store=RESULT_STORE,
         shell:
             TRAIN_COMMAND
