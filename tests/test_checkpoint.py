@@ -14,11 +14,12 @@ import pytest
 import torch
 from run_contents import run_file_contents
 
-from ssvae import checkpoint, data
+from ssvae import checkpoint, data, store, train
 from ssvae.checkpoint import CheckpointMismatch
 from ssvae.config import TrainConfig
+from ssvae.io import hold_lock
 from ssvae.splits import write_split
-from ssvae.train import Preempted, train
+from ssvae.train import Preempted
 
 SEED = 4
 # ApproxM2 draws y and z from the RNG at every step: any RNG state not restored shows up.
@@ -78,7 +79,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not out.exists()
-    assert torch.load(ckpt, weights_only=True)["next_epoch"] == 2  # epochs 0, 1 are kept
+    assert checkpoint.read(ckpt, torch.device("cpu"))["next_epoch"] == 2  # epochs 0, 1 are kept
 
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -113,7 +114,7 @@ def test_a_stop_signal_checkpoints_at_the_next_step_and_resumes_exactly(
     assert stderr.count("\n") == 1, stderr  # one line, no KeyboardInterrupt traceback
     assert "checkpoint written to" in stderr and "rerun to resume" in stderr
     assert not out.exists()
-    state = torch.load(ckpt, weights_only=True)
+    state = checkpoint.read(ckpt, torch.device("cpu"))
     assert state["progress"] is not None  # inside an epoch, at a step boundary
     assert state["next_epoch"] >= 2
 
@@ -126,7 +127,7 @@ def preempted_checkpoint(small_mnist: Path, split: Path, directory: Path) -> Pat
     """A checkpoint written by a run stopped before its first step."""
     ckpt = directory / "checkpoint.pt"
     with pytest.raises(Preempted, match="checkpoint written to"):
-        train(
+        train.train(
             TrainConfig.from_dict(RUN), small_mnist, split, directory / "metrics.h5",
             torch.device("cpu"), log=lambda *a, **k: None, checkpoint_path=ckpt,
             stop=lambda: True,
@@ -139,7 +140,6 @@ def preempted_checkpoint(small_mnist: Path, split: Path, directory: Path) -> Pat
     [
         ("settings", "other settings"),
         ("code", "other training code"),
-        ("corrupt", "cannot be read"),
     ],
 )
 def test_a_checkpoint_of_other_settings_or_code_is_refused(
@@ -149,15 +149,13 @@ def test_a_checkpoint_of_other_settings_or_code_is_refused(
     cfg = TrainConfig.from_dict(RUN)
     if change == "settings":
         cfg = TrainConfig.from_dict(RUN | {"lr": 1e-3})
-    elif change == "code":
-        state = torch.load(ckpt, weights_only=True)
+    else:
+        state = checkpoint.read(ckpt, torch.device("cpu"))
         state["fingerprint"]["code"] = "0" * 64
         checkpoint.save(ckpt, state)
-    else:
-        ckpt.write_bytes(ckpt.read_bytes()[:1000])
     before = ckpt.read_bytes()
     with pytest.raises(CheckpointMismatch, match=named) as refused:
-        train(cfg, small_mnist, split, tmp_path / "metrics.h5", torch.device("cpu"),
+        train.train(cfg, small_mnist, split, tmp_path / "metrics.h5", torch.device("cpu"),
               log=lambda *a, **k: None, checkpoint_path=ckpt)  # fmt: skip
     assert str(ckpt) in str(refused.value) and "delete it" in str(refused.value)
     assert ckpt.read_bytes() == before  # refused, not overwritten
@@ -175,38 +173,152 @@ def test_cli_refusal_is_one_line(small_mnist: Path, split: Path, tmp_path: Path)
     assert len(lines) == 1 and lines[0].startswith("ssvae-train: error: checkpoint ")
 
 
-def test_a_completed_run_thrown_away_is_recovered_not_retrained(
+def test_a_completed_run_thrown_away_is_taken_from_the_store_not_retrained(
     small_mnist: Path, split: Path, reference: Path, tmp_path: Path
 ) -> None:
     """Snakemake interrupted as a job finishes marks its run file incomplete and deletes it
-    before the rerun; the finished copy beside the checkpoint gives it back without training."""
-    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
-    command = train_command(small_mnist, split, out, "--checkpoint", str(ckpt))
+    before the rerun; the result store gives it back, byte for byte, without training."""
+    out, ckpt, store_dir = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "store"
+    command = train_command(
+        small_mnist, split, out, "--checkpoint", str(ckpt), "--store", str(store_dir)
+    )
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
-    finished_copy = checkpoint.finished_copy_path(ckpt)
-    assert finished_copy.exists() and not ckpt.exists()
+    assert not ckpt.exists()
+    written = out.read_bytes()
     out.unlink()
 
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "already completed" in result.stdout
+    assert "taken from the result store" in result.stdout
     assert "epoch" not in result.stdout  # nothing trained
-    assert_same_run(out, reference)
+    assert out.read_bytes() == written
+    # Every attempt's lines are kept beside the run file, the job's own log only the last.
+    attempts = train.attempts_log_path(out).read_text()
+    assert attempts.count("--- attempt started") == 2
+    assert "epoch   5/5" in attempts and "taken from the result store" in attempts
 
 
-def test_a_finished_copy_of_other_settings_is_not_recovered(
+def test_the_store_stands_in_only_for_the_same_computation(
     small_mnist: Path, split: Path, tmp_path: Path
 ) -> None:
-    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
-    command = train_command(small_mnist, split, out, "--checkpoint", str(ckpt))
+    out, store_dir = tmp_path / "metrics.h5", tmp_path / "store"
+    command = train_command(small_mnist, split, out, "--store", str(store_dir))
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
-    out.unlink()
     command[command.index("--run-config") + 1] = json.dumps(RUN | {"epochs": 1})
 
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "already completed" not in result.stdout
+    assert "taken from the result store" not in result.stdout
     assert h5py.File(out)["train/epoch"][()].tolist() == [0, 1]
+    # Changed back: the first computation is still there.
+    command[command.index("--run-config") + 1] = json.dumps(RUN)
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert "taken from the result store" in result.stdout
+    assert h5py.File(out)["train/epoch"][()].tolist() == list(range(6))
+
+
+def test_a_damaged_stored_result_is_named_and_trained_again(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+) -> None:
+    out, store_dir = tmp_path / "metrics.h5", tmp_path / "store"
+    command = train_command(small_mnist, split, out, "--store", str(store_dir))
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    (entry,) = store_dir.rglob("*.h5")
+    overwrite_middle(entry)
+    out.unlink()
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{entry}: damaged" in result.stdout
+    assert "epoch   5/5" in result.stdout
+    assert_same_run(out, reference)
+    # The retrained run file is stored again, sound.
+    assert store.ResultStore(store_dir).take(entry) == out.read_bytes()
+
+
+def overwrite_middle(path: Path, size: int = 2000) -> None:
+    """Damage a file as a bad disk or a stray write would: bytes in its middle replaced."""
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(os.urandom(size))
+
+
+def test_a_damaged_checkpoint_is_named_and_training_starts_over(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+) -> None:
+    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
+    command = train_command(
+        small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "2"
+    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(ckpt.exists, process, "its first checkpoint")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    overwrite_middle(ckpt)
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{ckpt}: damaged" in result.stdout and "from the start" in result.stdout
+    assert "resumed" not in result.stdout
+    assert_same_run(out, reference)
+
+
+def test_a_retrain_request_trains_anew_and_resumes_only_its_own_checkpoints(
+    small_mnist: Path, split: Path, reference: Path, tmp_path: Path
+) -> None:
+    """What a forced snakemake job gets: the store and an older checkpoint stand in for nothing,
+    a checkpoint written for the request is resumed, and the request ends with the run."""
+    out, ckpt, store_dir = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "store"
+    options = ("--checkpoint", str(ckpt), "--checkpoint-every", "2", "--store", str(store_dir))
+    command = train_command(small_mnist, split, out, *options)
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    # A checkpoint from before the request, as a SIGKILLed earlier attempt leaves it.
+    process = subprocess.Popen(
+        train_command(small_mnist, split, tmp_path / "other.h5", *options[:4]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(ckpt.exists, process, "its first checkpoint")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    store.request_retrain(out)
+    request = store.pending_retrain(out)
+
+    attempts = train.attempts_log_path(out)
+
+    def last_attempt() -> str:
+        return attempts.read_text().split("--- attempt started")[-1]
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: attempts.read_text().count("--- attempt") == 2, process, "its start")
+    # After epoch 1 its checkpoint is written for the request.
+    wait_for(lambda: "epoch   2/5" in last_attempt(), process, "a checkpoint of the retrain")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert "written before the retrain asked for" in last_attempt()
+    assert "epoch   0/5" in last_attempt()
+    assert store.pending_retrain(out) == request  # not done yet
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from checkpoint" in result.stdout
+    assert "taken from the result store" not in result.stdout
+    assert_same_run(out, reference)
+    assert store.pending_retrain(out) is None
+
+
+def test_a_second_trainer_of_the_same_run_file_is_refused(
+    small_mnist: Path, split: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "metrics.h5"
+    with hold_lock(train.SeedFiles(split, out).lock, "training it"):
+        result = subprocess.run(train_command(small_mnist, split, out), capture_output=True,
+                                text=True)  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"process {os.getpid()} on " in lines[0], result.stderr
+    assert f"is already training it (it holds {out.with_name('metrics.lock')})" in lines[0]
+    assert not out.exists()
 
 
 PACK_SEEDS = (SEED, SEED + 1)
@@ -264,7 +376,7 @@ def test_a_pack_killed_or_stopped_resumes_each_seed_exactly(
         assert process.returncode == 1
         assert all(str(c) in stderr for c in checkpoints), stderr
     assert not any(out.exists() for out in outs)
-    assert len({torch.load(c, weights_only=True)["next_epoch"] for c in checkpoints}) == 1
+    assert len({checkpoint.read(c, torch.device("cpu"))["next_epoch"] for c in checkpoints}) == 1
 
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -291,7 +403,7 @@ def test_seeds_at_different_steps_train_one_group_after_another(
         wait_for(lambda: "epoch   1/5" in log.read_text(), process, "epoch 1")
         process.send_signal(signal.SIGTERM)
         assert process.wait() == 1
-    assert torch.load(checkpoints[0], weights_only=True)["next_epoch"] >= 2
+    assert checkpoint.read(checkpoints[0], torch.device("cpu"))["next_epoch"] >= 2
     second_alone = tmp_path / "second_alone.h5"
     second_seed_run = RUN | {"seed": PACK_SEEDS[1]}
     result = subprocess.run(

@@ -9,7 +9,7 @@ import torch
 from labeled_split import split_file
 from run_contents import run_file_contents
 
-from ssvae import runfile, train
+from ssvae import runfile, store, train
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.models import MODELS
 from ssvae.train import SeedFiles, TrainingDiverged, train_pack
@@ -108,20 +108,22 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
     monkeypatch.setattr(train, "build_training", poisoned_first_seed)
     cfgs = [config("ExactM2", seed, epochs=2) for seed in (4, 5)]
     files = pack_files(tmp_path / "pack", [4, 5], splits, checkpoints=True)
+    result_store = store.ResultStore(tmp_path / "store")
     with pytest.raises(TrainingDiverged, match="seed 4: non-finite loss at epoch 0") as error:
-        train_pack(cfgs, small_mnist, files, CPU, log=quiet)
+        train_pack(cfgs, small_mnist, files, CPU, log=quiet, result_store=result_store)
     assert "seed 5" not in str(error.value)
     assert not files[0].out.exists()
     assert runfile.read_attrs(train.diverged_path(files[0].out))["status"] == "diverged"
     alone = tmp_path / "alone.h5"
     train.train(config("ExactM2", 5, epochs=2), small_mnist, splits[5], alone, CPU, log=quiet)
     assert_same_numbers(files[1].out, alone)
-    # Snakemake deletes a failed job's outputs; the rerun recovers seed 5 from its finished
-    # copy and does not train seed 4 again (the same computation would diverge again).
+    # Snakemake deletes a failed job's outputs; the rerun takes seed 5 from the result store
+    # and does not train seed 4 again (the same computation would diverge again).
     files[1].out.unlink()
     messages = []
     with pytest.raises(TrainingDiverged, match="seed 4 diverged before .* not trained again"):
-        train_pack(cfgs, small_mnist, files, CPU, log=lambda line, **_: messages.append(line))
+        train_pack(cfgs, small_mnist, files, CPU, log=lambda line, **_: messages.append(line),
+                   result_store=result_store)  # fmt: skip
     assert_same_numbers(files[1].out, alone)
     assert not any("epoch" in message for message in messages)  # nothing trained
 

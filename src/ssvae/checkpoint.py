@@ -144,17 +144,22 @@ def save(path: Path, state: dict) -> None:
     write_atomic(path, SEAL + sha256(payload).encode() + b"\n" + payload)
 
 
-def load(path: Path, expected: dict, device: torch.device) -> dict:
-    """The checkpoint's state, after checking its content against its digest (DamagedFile) and
-    that `expected` (a fingerprint) matches it (CheckpointMismatch). A checkpoint written for a
-    retrain request is a mismatch only for another request (`expected["retrain_request"]`)."""
-    content = path.read_bytes()
-    header, _, payload = content.partition(b"\n")
+def read(path: Path, device: torch.device) -> dict:
+    """The state a checkpoint file holds, its content checked against its digest: a damaged
+    file (or one without a digest) is a DamagedFile naming it."""
+    header, _, payload = path.read_bytes().partition(b"\n")
     if not header.startswith(SEAL):
         raise DamagedFile(path, "no recorded digest: not a checkpoint of this version of ssvae")
     if header.removeprefix(SEAL).decode(errors="replace") != sha256(payload):
         raise DamagedFile(path)
-    state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+
+
+def load(path: Path, expected: dict, device: torch.device) -> dict:
+    """The checkpoint's sound state (see `read`), after checking that `expected` (a
+    fingerprint) matches it (CheckpointMismatch). A checkpoint written for a retrain request is
+    a mismatch only for another request (`expected["retrain_request"]`)."""
+    state = read(path, device)
     found = state.get("fingerprint") if isinstance(state, dict) else None
     if not isinstance(found, dict) or set(found) != set(expected):
         raise CheckpointMismatch(
