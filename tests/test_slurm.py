@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from slurm_cluster import GPU_TYPE, PARTITION, Cluster, missing_requirements
-from workflow_helpers import RUNS, SMOKE, assert_smoke_outputs, copy_workflow
+from workflow_helpers import RUNS, SMOKE, assert_smoke_outputs, copy_workflow, run_file
 
 PROFILE = "workflow/profiles/slurm"
 ACCOUNT = "ssvae-test"
@@ -112,3 +112,17 @@ def test_smoke_preset_through_the_slurm_profile(
         assert "--signal=TERM@120" in job["SubmitLine"], job
     local_rules = result.stderr.count("localrule ")
     assert local_rules >= 10  # download, prepare, splits, aggregate, figures, report, all
+
+    # Forcing one seed's run file on SLURM retrains its whole pack job there: the retrain
+    # requests reach the job on the shared filesystem, and the store stands in for neither seed.
+    target = str(run_file(workdir, "MLP", 1).relative_to(workdir))
+    forced = subprocess.run(
+        [*command[:3], target, *command[3:], "--forcerun", target],
+        cwd=workdir, capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr[-4000:]
+    assert len(sacct_jobs()) == len(RUNS) + 1
+    for seed in (1, 2):
+        attempts = run_file(workdir, "MLP", seed).with_name("metrics.attempts.log").read_text()
+        last = attempts.split("--- attempt started")[-1]
+        assert "epoch   2/2" in last and "result store" not in last

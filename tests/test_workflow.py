@@ -1,5 +1,7 @@
 """The real snakemake on the smoke preset, in a scratch copy of the workflow, as a user runs it."""
 
+import json
+import os
 import re
 import shlex
 import signal
@@ -16,11 +18,13 @@ from workflow_helpers import (
     RUNS,
     SEEDS,
     SMOKE,
+    SMOKE_RESULTS,
     assert_smoke_outputs,
     copy_workflow,
     run_file,
 )
 
+from ssvae import runfile
 from ssvae.figures import BY_STEM, FIGURES
 
 HANG_GUARD_S = 1200  # a stuck snakemake fails the test instead of stalling CI
@@ -69,6 +73,12 @@ def mtimes(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (root / "results").rglob("*") if p.is_file()}
 
 
+def last_attempt(workdir: Path, run: str, seed: int) -> str:
+    """What the last training job of (run, seed) logged (ssvae.train's attempts log)."""
+    attempts = run_file(workdir, run, seed).with_name("metrics.attempts.log").read_text()
+    return attempts.split("--- attempt started")[-1]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, mnist_dir: Path) -> Path:
     """The smoke DAG built once; the tests below read it or run snakemake on it again."""
@@ -109,7 +119,7 @@ def test_seeds_trained_together_build_the_same_outputs(
     assert_smoke_outputs(workdir, seeds_per_job=2)
     assert results(workdir) == results(built)
     assert planned_jobs(workdir, mnist_dir) == {}
-    target = "results/runs/ExactM2/seed2/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed2/metrics.h5"
     forced = planned_jobs(workdir, mnist_dir, target, "--forcerun", target, config=PACKED)
     assert forced == {"train_seeds_1_2": 1}
     (workdir / target).unlink()
@@ -117,14 +127,14 @@ def test_seeds_trained_together_build_the_same_outputs(
 
 
 def test_report_embeds_every_figure_and_matches_the_summary(built: Path) -> None:
-    text = (built / "results/report.md").read_text()
+    text = (built / SMOKE_RESULTS / "report.md").read_text()
     embedded = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    plots = (built / "results/plots").glob("*.png")
-    figures = sorted(p.relative_to(built / "results").as_posix() for p in plots)
+    plots = (built / SMOKE_RESULTS / "plots").glob("*.png")
+    figures = sorted(p.relative_to(built / SMOKE_RESULTS).as_posix() for p in plots)
     assert sorted(embedded) == figures
     assert "trained for 2 epochs, the original for 300" in text
-    table = pd.read_csv(built / "results/report.csv")
-    summary = pd.read_csv(built / "results/metrics/summary.csv")
+    table = pd.read_csv(built / SMOKE_RESULTS / "report.csv")
+    summary = pd.read_csv(built / SMOKE_RESULTS / "metrics/summary.csv")
     assert table.run.tolist() == list(RUNS)
     assert table.valid_accuracy_best_mean.tolist() == summary.valid_accuracy_best_mean.tolist()
     assert table.original_valid_accuracy.tolist() == [0.942, 0.771]
@@ -150,7 +160,7 @@ def test_snakemake_report_holds_every_figure_by_category(built: Path, mnist_dir:
         held = {Path(name).name for name in names if "/data/raw/" in name}
         (page,) = [name for name in names if name.count("/") == 1 and name.endswith(".html")]
         html = archive.read(page).decode()
-    plots = {p.name for p in (built / "results/plots").glob("*.png")}
+    plots = {p.name for p in (built / SMOKE_RESULTS / "plots").glob("*.png")}
     assert held == plots | {"report.md", "report.csv", "summary.csv"}
     for category in {figure.category for figure in FIGURES}:
         assert category in html
@@ -177,26 +187,23 @@ def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: 
     before = mtimes(built)
     snakemake(built, mnist_dir)
     changed = {p for p, t in mtimes(built).items() if before.get(p) != t}
-    rerendered = {
-        p.relative_to(built / "results").as_posix() for p in changed if "logs" not in p.parts
-    }
+    results = built / SMOKE_RESULTS
+    rerendered = {p.relative_to(results).as_posix() for p in changed if "logs" not in p.parts}
     assert rerendered == {
-        *(
-            p.relative_to(built / "results").as_posix()
-            for p in (built / "results/plots").glob("*.png")
-        ),
+        *(p.relative_to(results).as_posix() for p in (results / "plots").glob("*.png")),
         "report.md",
         "report.csv",
     }
 
 
 def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:
-    target = "results/runs/ExactM2/seed1/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed1/metrics.h5"
     assert planned_jobs(built, mnist_dir, target, "--forcerun", "train") == {"train": 1}
     before = mtimes(built)
     snakemake(built, mnist_dir, target, "--forcerun", "train")
     changed = {p for p, t in mtimes(built).items() if before.get(p) != t}
     assert run_file(built, "ExactM2", 1) in changed
+    assert "epoch   2/2" in last_attempt(built, "ExactM2", 1)  # trained, not taken from the store
     other_runs = {run_file(built, run, seed) for run in RUNS for seed in SEEDS}
     assert not (changed & (other_runs - {run_file(built, "ExactM2", 1)}))
     # The comparison then re-aggregates and re-renders, and trains nothing else; the per-run
@@ -211,7 +218,7 @@ def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) ->
 
 def test_one_seed_target_needs_only_its_own_jobs(tmp_path: Path, mnist_dir: Path) -> None:
     workdir = copy_workflow(tmp_path / "wf")
-    target = "results/runs/ExactM2/seed3/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed3/metrics.h5"
     assert planned_jobs(workdir, mnist_dir, target) == {
         "prepare_mnist": 1,
         "labeled_split": 1,
@@ -282,7 +289,7 @@ def test_a_changed_source_list_deletes_nothing_and_builds_what_is_asked(
     offline = (f"mnist_sources=[{tmp_path / 'unreachable'}]",)
     assert planned_jobs(built, mnist_dir, config=offline) == {}
     # A seed the preset does not name: its split and training, nothing upstream.
-    target = "results/runs/MLP/seed7/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed7/metrics.h5"
     assert planned_jobs(built, mnist_dir, target, config=offline) == {
         "labeled_split": 1,
         "train": 1,
@@ -298,7 +305,7 @@ def test_prepared_data_rebuilt_neither_retrains_nor_skips_a_requested_target(
     """The prepared arrays are identified by content: rebuilding them retrains nothing, and a
     target asked for with them is built (snakemake 9 can skip jobs downstream of ancient())."""
     (built / "results/data/mnist.npz").unlink()
-    target = "results/runs/MLP/seed8/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed8/metrics.h5"
     snakemake(built, mnist_dir, target)
     assert (built / target).exists()
     assert planned_jobs(built, mnist_dir) == {}
@@ -310,13 +317,13 @@ def test_snakemake_interrupted_as_a_job_finishes_loses_no_training(
     """SIGINT to snakemake alone lets the running job finish, then marks its run file incomplete;
     the rerun gets the finished run back without training it again."""
     workdir = copy_workflow(tmp_path / "wf")
-    target = "results/runs/MLP/seed1/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed1/metrics.h5"
     longer = ("steps_per_epoch=40",)
     command = [
         "snakemake", target, "--cores", "2", "--configfile", SMOKE,
         "--config", f"mnist_sources=[{mnist_dir}]", *longer,
     ]  # fmt: skip
-    log = workdir / "results/logs/train/MLP/seed1.log"
+    log = workdir / SMOKE_RESULTS / "logs/train/MLP/seed1.log"
     process = subprocess.Popen(
         command,
         cwd=workdir,
@@ -334,12 +341,12 @@ def test_snakemake_interrupted_as_a_job_finishes_loses_no_training(
     assert "IncompleteFilesException" in still_incomplete.stderr
 
     snakemake(workdir, mnist_dir, target, "--rerun-incomplete", config=longer)
-    assert "already completed" in log.read_text()
+    assert "taken from the result store" in log.read_text()
     assert "epoch" not in log.read_text()
     assert (workdir / target).exists()
     assert planned_jobs(workdir, mnist_dir, target, config=longer) == {}
-    # Recorded by snakemake now: the finished copy is gone, so --forcerun retrains.
-    assert not (workdir / "results/runs/MLP/seed1/checkpoint.finished.h5").exists()
+    # The interrupted call's epochs are still in the attempts log.
+    assert "epoch   2/2" in (workdir / target).with_name("metrics.attempts.log").read_text()
 
 
 def readme_commands() -> list[str]:
@@ -381,3 +388,139 @@ def test_no_reachable_source_is_said_on_the_console(tmp_path: Path, mnist_dir: P
     assert result.returncode != 0
     assert "point mnist_sources at a directory" in result.stdout + result.stderr
     assert not (workdir / "results/data/mnist.npz").exists()
+
+
+def overwrite_middle(path: Path, size: int = 2000) -> None:
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(os.urandom(size))
+
+
+def stored(workdir: Path, run: str, seed: int) -> list[Path]:
+    return sorted((workdir / SMOKE_RESULTS / "store" / run / f"seed{seed}").glob("*.h5"))
+
+
+def test_force_retrains_inside_and_outside_the_seeds_also_after_a_failed_call(
+    built: Path, mnist_dir: Path
+) -> None:
+    """A forced training job trains anew, whatever the config lists and however the last call
+    ended: the result store stands in only where no retrain was asked for."""
+    outside = f"{SMOKE_RESULTS}/runs/MLP/seed3/metrics.h5"
+    failing = "results/splits/seed999999999.json"  # beyond the seeds NumPy takes
+    failed = snakemake(built, mnist_dir, outside, failing, "--keep-going", check=False)
+    assert failed.returncode != 0
+    assert "epoch   2/2" in last_attempt(built, "MLP", 3)
+
+    snakemake(built, mnist_dir, outside, "--forcerun", outside)
+    assert "epoch   2/2" in last_attempt(built, "MLP", 3)
+    assert "result store" not in last_attempt(built, "MLP", 3)
+    inside = str(run_file(built, "MLP", 1).relative_to(built))
+    snakemake(built, mnist_dir, inside, "--forcerun", "train")
+    assert "epoch   2/2" in last_attempt(built, "MLP", 1)
+    # Each retrain replaced the stored result of its computation; no request is left.
+    assert len(stored(built, "MLP", 1)) == len(stored(built, "MLP", 3)) == 1
+    assert not list((built / SMOKE_RESULTS / "runs").rglob("*.retrain"))
+
+
+def test_a_damaged_run_file_or_split_is_never_delivered(built: Path, mnist_dir: Path) -> None:
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed4/metrics.h5"
+    snakemake(built, mnist_dir, target)
+    run = built / target
+    overwrite_middle(run)
+    snakemake(built, mnist_dir, target, "--forcerun", target)
+    assert "epoch   2/2" in last_attempt(built, "MLP", 4)
+    runfile.read_history(run)  # sound
+
+    overwrite_middle(run)
+    run.unlink()
+    snakemake(built, mnist_dir, target)
+    assert "taken from the result store" in last_attempt(built, "MLP", 4)
+    assert run.read_bytes() == stored(built, "MLP", 4)[0].read_bytes()
+    runfile.read_history(run)
+
+    (stored_run,) = stored(built, "MLP", 4)
+    overwrite_middle(stored_run)
+    run.unlink()
+    snakemake(built, mnist_dir, target)
+    assert f"{stored_run.relative_to(built)}: damaged" in last_attempt(built, "MLP", 4)
+    assert "epoch   2/2" in last_attempt(built, "MLP", 4)
+    runfile.read_history(run)
+
+    # A split whose indices were changed is still valid JSON; its digest tells.
+    split = built / "results/splits/seed4.json"
+    content = json.loads(split.read_text())
+    content["indices"][0] += 1
+    split.write_text(json.dumps(content))
+    result = snakemake(built, mnist_dir, target, "--forcerun", target, check=False)
+    assert result.returncode != 0
+    assert "results/splits/seed4.json: damaged" in result.stdout + result.stderr
+    assert not run.exists()
+    split.unlink()  # rebuilt when next asked for
+
+
+def test_a_regenerated_input_retrains_nothing(built: Path, mnist_dir: Path) -> None:
+    """Rebuilt with the same content, a split and the prepared arrays make snakemake run the
+    finished runs' jobs again; each takes its run file from the store, byte for byte."""
+    snakemake(built, mnist_dir)
+    before = {
+        (run, seed): run_file(built, run, seed).read_bytes() for run in RUNS for seed in SEEDS
+    }
+    (built / "results/splits/seed1.json").unlink()
+    (built / "results/data/mnist.npz").unlink()
+    added = ("runs={MLP_b: {label: MLP_b, model: MLP}}", "compare=[ExactM2,MLP,MLP_b]")
+    assert planned_jobs(built, mnist_dir, config=added)["train"] == 6
+    snakemake(built, mnist_dir, config=added)
+    for (run, seed), content in before.items():
+        assert run_file(built, run, seed).read_bytes() == content
+        assert "taken from the result store" in last_attempt(built, run, seed)
+        assert "epoch" not in last_attempt(built, run, seed)
+    for seed in SEEDS:
+        assert "epoch   2/2" in last_attempt(built, "MLP_b", seed)
+
+
+def test_settings_changed_and_changed_back_retrain_nothing(built: Path, mnist_dir: Path) -> None:
+    only_mlp = ("compare=[MLP]",)
+    snakemake(built, mnist_dir, config=only_mlp)
+    before = {seed: run_file(built, "MLP", seed).read_bytes() for seed in SEEDS}
+    snakemake(built, mnist_dir, config=(*only_mlp, "steps_per_epoch=6"))
+    assert all("epoch   2/2" in last_attempt(built, "MLP", seed) for seed in SEEDS)
+    snakemake(built, mnist_dir, config=only_mlp)
+    for seed in SEEDS:
+        assert "taken from the result store" in last_attempt(built, "MLP", seed)
+        assert run_file(built, "MLP", seed).read_bytes() == before[seed]
+
+
+def test_a_preset_never_touches_another_configurations_results(
+    built: Path, mnist_dir: Path
+) -> None:
+    """A longer build, then the smoke preset (doing work), then the longer build again: every
+    file of the longer build is as it was, and its last call plans nothing."""
+    longer = [
+        "snakemake", "--cores", "2", "--config", f"mnist_sources=[{mnist_dir}]",
+        "compare=[MLP]", "seeds=[1]", "epochs=1", "steps_per_epoch=6", "eval_every=1",
+        "train_resources={threads: 1, gpus: 0, device: cpu, checkpoint_every: 1, "
+        "compile: false, tf32: false, seeds_per_job: 1}",
+    ]  # fmt: skip
+
+    def build_longer() -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            longer, cwd=built, capture_output=True, text=True, timeout=HANG_GUARD_S
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    build_longer()
+    longer_files = {
+        p: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in (built / "results").rglob("*")
+        if p.is_file() and (built / SMOKE_RESULTS) not in p.parents
+    }
+    assert built / "results/runs/MLP/seed1/metrics.h5" in longer_files
+    smoke_run = str(run_file(built, "MLP", 1).relative_to(built))
+    snakemake(built, mnist_dir, "--forcerun", smoke_run)
+    assert "epoch   2/2" in last_attempt(built, "MLP", 1)
+
+    again = build_longer()
+    assert "Nothing to be done" in again.stdout + again.stderr
+    for path, (mtime, content) in longer_files.items():
+        assert (path.stat().st_mtime_ns, path.read_bytes()) == (mtime, content), path

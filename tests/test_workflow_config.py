@@ -34,7 +34,10 @@ def test_the_shipped_configs_are_valid(configfile: str) -> None:
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ("epochs=0", "epochs = 0"),
+        ("epochs=-1", "epochs = -1"),
+        ("results_dir=../elsewhere", "results_dir = '../elsewhere'"),
+        ("results_dir=/abs", "results_dir = '/abs'"),
+        ("results_dir='a b'", "results_dir = 'a b'"),
         ("seeds=[1,-2]", "seeds.1"),
         ("compare=[NoSuchRun]", "NoSuchRun"),
         ("reference_run=M3", "reference_run = 'M3': not a run defined in runs"),
@@ -58,6 +61,11 @@ def test_invalid_config_is_one_line_naming_it(override: str, named: str) -> None
     message = str(raised.value)
     assert message.startswith("invalid config: ") and "\n" not in message
     assert named in message
+
+
+def test_one_epoch_is_a_run() -> None:
+    """epochs is the last epoch's index: 0 is a run of one epoch, as TrainConfig takes it."""
+    validate(config_with("epochs=0"), copy.deepcopy(SCHEMA))
 
 
 def test_numbers_from_the_command_line_are_typed() -> None:
