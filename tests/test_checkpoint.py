@@ -67,6 +67,14 @@ def wait_for(condition, process: subprocess.Popen, what: str) -> None:
         time.sleep(POLL_S)
 
 
+def killed_after_first_checkpoint(command: list[str], ckpt: Path) -> None:
+    """Run `command` and SIGKILL it once it has written its first checkpoint."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(ckpt.exists, process, "its first checkpoint")
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(
     small_mnist: Path, split: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -74,10 +82,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "2"
     )
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(ckpt.exists, process, "its first checkpoint")
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    killed_after_first_checkpoint(command, ckpt)
     assert not out.exists()
     assert checkpoint.read(ckpt, torch.device("cpu"))["next_epoch"] == 2  # epochs 0, 1 are kept
 
@@ -250,10 +255,7 @@ def test_a_damaged_checkpoint_is_named_and_training_starts_over(
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "2"
     )
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(ckpt.exists, process, "its first checkpoint")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    killed_after_first_checkpoint(command, ckpt)
     overwrite_middle(ckpt)
 
     result = subprocess.run(command, capture_output=True, text=True)
@@ -273,14 +275,9 @@ def test_a_retrain_request_trains_anew_and_resumes_only_its_own_checkpoints(
     command = train_command(small_mnist, split, out, *options)
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     # A checkpoint from before the request, as a SIGKILLed earlier attempt leaves it.
-    process = subprocess.Popen(
-        train_command(small_mnist, split, tmp_path / "other.h5", *options[:4]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    killed_after_first_checkpoint(
+        train_command(small_mnist, split, tmp_path / "other.h5", *options[:4]), ckpt
     )
-    wait_for(ckpt.exists, process, "its first checkpoint")
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
     store.request_retrain(out)
     request = store.pending_retrain(out)
 

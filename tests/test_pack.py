@@ -109,8 +109,10 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
     cfgs = [config("ExactM2", seed, epochs=2) for seed in (4, 5)]
     files = pack_files(tmp_path / "pack", [4, 5], splits, checkpoints=True)
     result_store = store.ResultStore(tmp_path / "store")
+    store.request_retrain(files[0].out)  # a forced retrain that diverges ends its request too
     with pytest.raises(TrainingDiverged, match="seed 4: non-finite loss at epoch 0") as error:
         train_pack(cfgs, small_mnist, files, CPU, log=quiet, result_store=result_store)
+    assert store.pending_retrain(files[0].out) is None
     assert "seed 5" not in str(error.value)
     assert not files[0].out.exists()
     assert runfile.read_attrs(train.diverged_path(files[0].out))["status"] == "diverged"

@@ -155,7 +155,7 @@ def test_snakemake_report_holds_every_figure_by_category(built: Path, mnist_dir:
         timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    with zipfile.ZipFile(built / "results/snakemake_report.zip") as archive:
+    with zipfile.ZipFile(built / SMOKE_RESULTS / "snakemake_report.zip") as archive:
         names = archive.namelist()
         held = {Path(name).name for name in names if "/data/raw/" in name}
         (page,) = [name for name in names if name.count("/") == 1 and name.endswith(".html")]

@@ -38,6 +38,8 @@ def test_the_shipped_configs_are_valid(configfile: str) -> None:
         ("results_dir=../elsewhere", "results_dir = '../elsewhere'"),
         ("results_dir=/abs", "results_dir = '/abs'"),
         ("results_dir='a b'", "results_dir = 'a b'"),
+        ("results_dir=./x", "results_dir = './x': must be a relative path"),
+        ("results_dir=x/", "results_dir = 'x/'"),
         ("seeds=[1,-2]", "seeds.1"),
         ("compare=[NoSuchRun]", "NoSuchRun"),
         ("reference_run=M3", "reference_run = 'M3': not a run defined in runs"),

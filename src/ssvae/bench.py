@@ -31,13 +31,13 @@ from ssvae import compute, runfile, train
 from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
+from ssvae.figures import comparison_path
 from ssvae.nn import SeedLinear
 from ssvae.splits import labeled_indices
 
 REPO_ROOT = Path.cwd()
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 WINDOWS = 5  # the measured window is timed in this many parts; rates are their median
-COMPARISON_TARGET = "results/plots/multi_seed_accuracy.png"
 
 
 def evaluations(cfg: TrainConfig) -> int:
@@ -333,10 +333,11 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
     if not short_config.exists() or yaml.safe_load(short_config.read_text()) != short:
         short_config.write_text(yaml.safe_dump(short, sort_keys=False))
     n_jobs = len(config["compare"]) * len(config["seeds"])
+    target = comparison_path(config["results_dir"], "multi_seed_accuracy")
     # The target first: --resources takes several values and would swallow it.
-    base = [snakemake, COMPARISON_TARGET, "--cores", str(cores), "--resources", f"gpu={cores}"]
+    base = [snakemake, target, "--cores", str(cores), "--resources", f"gpu={cores}"]
     dry_run_from_scratch = None
-    if not (scratch / COMPARISON_TARGET).exists():
+    if not (scratch / target).exists():
         dry_run_from_scratch = time_command([*base, "--dry-run"], scratch)
         print(f"building the short comparison ({n_jobs} training jobs) in {scratch}", flush=True)
         build_seconds = time_command(base, scratch)

@@ -147,12 +147,22 @@ def save(path: Path, state: dict) -> None:
 def read(path: Path, device: torch.device) -> dict:
     """The state a checkpoint file holds, its content checked against its digest: a damaged
     file (or one without a digest) is a DamagedFile naming it."""
-    header, _, payload = path.read_bytes().partition(b"\n")
+    try:
+        header, _, payload = path.read_bytes().partition(b"\n")
+    except OSError as err:
+        reason = err.strerror or err
+        raise CheckpointMismatch(f"checkpoint {path} cannot be read ({reason})") from None
     if not header.startswith(SEAL):
         raise DamagedFile(path, "no recorded digest: not a checkpoint of this version of ssvae")
     if header.removeprefix(SEAL).decode(errors="replace") != sha256(payload):
         raise DamagedFile(path)
-    return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    try:
+        return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except Exception as err:  # sound bytes that this torch cannot load (another version's)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointMismatch(
+            f"checkpoint {path} cannot be read ({reason}); delete it"
+        ) from None
 
 
 def load(path: Path, expected: dict, device: torch.device) -> dict:

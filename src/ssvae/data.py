@@ -22,7 +22,7 @@ import numpy as np
 
 from ssvae.cli import entry_point_parser
 from ssvae.errors import UserError, exit_on_user_error
-from ssvae.io import DamagedFile, OutputError, atomic_output, sha256, write_atomic
+from ssvae.io import DamagedFile, OutputError, atomic_output, write_atomic
 
 # Decompressed size and sha256 of each file (../shared/data/mnist/README.md).
 MNIST_FILES = {
@@ -215,11 +215,12 @@ def write_arrays(out_path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def content_digest(arrays: dict[str, np.ndarray]) -> str:
     """sha256 over each prepared array's name, dtype, shape and bytes, in a fixed order."""
-    parts = [
-        f"{key} {arrays[key].dtype.str} {arrays[key].shape}".encode() + arrays[key].tobytes()
-        for key in PREPARED_ARRAYS
-    ]
-    return sha256(b"".join(sha256(part).encode() for part in parts))
+    digest = hashlib.sha256()
+    for key in PREPARED_ARRAYS:
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key} {array.dtype.str} {array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def load(path: Path) -> dict[str, np.ndarray]:

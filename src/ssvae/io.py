@@ -100,10 +100,15 @@ def hold_lock(path: Path, doing: str) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise Busy(f"{holder} is already {doing} (it holds {path})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+        except OSError as err:  # a filesystem without locks (NFS without its lock manager)
+            raise OutputError(f"cannot lock {path}: {err.strerror or err}") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+        except OSError as err:
+            raise _cannot_write(path, err) from None
         yield
 
 

@@ -5,22 +5,22 @@ run computed: its settings (seed included), the training code, and the digests o
 data and of its labeled split. A later job asked for the same computation (its run file
 deleted, an input rebuilt with the same content, a setting changed and changed back, snakemake
 interrupted as the job finished) takes the stored file back in seconds instead of training,
-unless a retrain was asked for. The store keeps a copy, not a second name of the run file: a
-damaged run file leaves the stored one sound. Each entry is the run file and a record beside it
-with the digest of its whole content; an entry that no longer matches it is named, removed and
-never delivered.
+unless a retrain was asked for. The store keeps a copy of the run file: a damaged run file
+leaves the stored one sound. Each entry is the run file and a record beside it with the digest
+of its whole content; an entry that no longer matches it is named, removed and never delivered.
 
 A retrain is asked for per run file (`request_retrain`, which the workflow calls for every
-training job that snakemake runs because it was forced): a request file beside the run file
-that the job honours (the store stands in for nothing, checkpoints from before it are not
-resumed) and removes once the retrained run file is written. No torch here: the workflow
-imports it when it plans.
+training job that snakemake runs because the user forced it): a request file beside the run
+file that the job honours (the store stands in for nothing, checkpoints from before it are not
+resumed) and removes once the retrained run file (or its diverged record) is written. No torch
+here: the workflow imports it when it plans.
 """
 
 import json
 import uuid
 from pathlib import Path
 
+from ssvae.errors import InputError
 from ssvae.io import DamagedFile, sha256, write_atomic
 
 
@@ -57,10 +57,14 @@ class ResultStore:
         if not record_path.exists():
             return None
         try:
-            record = json.loads(record_path.read_text())
-            content = entry.read_bytes()
-            sound = sha256(content) == record["sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
+            record_text, content = record_path.read_text(), entry.read_bytes()
+        except FileNotFoundError:
+            content = None  # a record without its file: damaged
+        except OSError as err:
+            raise InputError(f"{entry}: cannot be read ({err.strerror or err})") from None
+        try:
+            sound = content is not None and sha256(content) == json.loads(record_text)["sha256"]
+        except (ValueError, KeyError, TypeError):
             sound = False
         if not sound:
             record_path.unlink(missing_ok=True)
@@ -75,10 +79,9 @@ def retrain_request_path(run_file: Path) -> Path:
 
 
 def request_retrain(run_file: Path) -> None:
-    """Ask that the next training of `run_file` trains anew; a pending request is kept."""
-    path = retrain_request_path(Path(run_file))
-    if not path.exists():
-        write_atomic(path, uuid.uuid4().hex.encode())
+    """Ask that the next training of `run_file` trains anew: a new request, so that not even a
+    checkpoint of an earlier request's interrupted retrain is resumed."""
+    write_atomic(retrain_request_path(Path(run_file)), uuid.uuid4().hex.encode())
 
 
 def pending_retrain(run_file: Path) -> str | None:

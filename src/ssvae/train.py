@@ -435,6 +435,8 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     seeds = []
     for cfg, seed_files in zip(cfgs, files, strict=True):
         seed = new_seed(cfg, seed_files, data_digest, device, compiled, result_store)
+        if seed.stored is not None:
+            check_writable(seed.stored)
         if recovered_from_store(seed, result_store, log):
             continue
         kept = diverged_path(seed_files.out)
@@ -621,6 +623,7 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
                 # Snakemake deletes a failed job's outputs, so what was computed goes beside.
                 kept = diverged_path(seed.files.out)
                 save(seed, kept, "diverged")
+                store.fulfil_retrain(seed.files.out, seed.retrain)
                 seed.diverged = (
                     f"{cfg.run} seed {seed.cfg.seed}: non-finite loss at epoch {epoch}, step "
                     f"{bad_step}; the epochs before it are kept in {kept}"
@@ -679,9 +682,9 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
         content = save(seed, seed.files.out, "complete")
         if result_store is not None:
             result_store.put(seed.stored, content, stored_record(seed))
+        store.fulfil_retrain(seed.files.out, seed.retrain)
         if seed.files.checkpoint is not None:
             seed.files.checkpoint.unlink(missing_ok=True)  # the run file now holds everything
-        store.fulfil_retrain(seed.files.out, seed.retrain)
 
 
 def stored_record(seed: Seed) -> dict:
@@ -793,6 +796,7 @@ def main(argv: list[str] | None = None) -> None:
             if len(paths) != len(seeds):
                 raise ConfigError(f"{option}: {len(paths)} paths for {len(seeds)} seeds")
         files = [SeedFiles(*paths) for paths in zip(args.split, args.out, checkpoints, strict=True)]
+        check_one_run(cfgs, files)  # before the locks: one path given twice is named as such
         with ExitStack() as held:
             for seed_files in files:
                 held.enter_context(hold_lock(seed_files.lock, f"training {seed_files.out}"))
@@ -826,9 +830,13 @@ def attempts_log(out_paths: list[Path]):
 
     def log(line: str, flush: bool = False) -> None:
         print(line, flush=flush)
-        for path in paths:
-            with path.open("a") as attempts:
-                attempts.write(line + "\n")
+        for path in list(paths):
+            try:
+                with path.open("a") as attempts:
+                    attempts.write(line + "\n")
+            except OSError as err:  # a full disk must not stop training for a copy of the log
+                paths.remove(path)
+                print(f"{path}: cannot append ({err.strerror or err}); not kept there", flush=True)
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     for path in paths:

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -7,6 +8,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from ssvae.config import ConfigError, run_settings
+from ssvae.errors import UserError
 from ssvae.data import ARRAYS_FORMAT
 from ssvae.workflow_config import validate
 from ssvae.figures import BY_STEM, FIGURES, comparison_path, per_run_path
@@ -167,14 +169,31 @@ def is_training_rule(name):
     return name == "train" or name.startswith("train_seeds_")
 
 
+def forced_by_user(job):
+    """Whether the user forced this job: -F, or its rule or one of its outputs named by
+    --forcerun (-R), or by -f among the targets. Snakemake's own 'forced' also covers the
+    outputs --rerun-incomplete adds, which must be recovered, not retrained."""
+    settings = workflow.dag_settings
+    if settings.forceall:
+        return True
+    named = set(settings.forcerun) | (set(settings.targets) if settings.forcetargets else set())
+    paths = {os.path.abspath(name) for name in named}
+    return job.rule.name in named or any(os.path.abspath(f) in paths for f in job.output)
+
+
 def request_forced_retrains():
     """Before any job runs: every run file of a training job that the user forced (by file or
     rule, -f, -F, -R) is asked to train anew (ssvae.store), so that neither the result store
-    nor an earlier checkpoint stands in for it, whatever the config lists. A job that runs for
-    any other reason (an input rebuilt, a setting changed back, snakemake interrupted) takes
-    its computation from the store where it is there."""
+    nor a checkpoint of an earlier call stands in for it, whatever the config lists. A job that
+    runs for any other reason (an input rebuilt, a setting changed back, snakemake interrupted)
+    takes its computation from the store where it is there."""
+    if workflow.touch:
+        return  # --touch marks outputs up to date; nothing trains
     dag = workflow.dag
     for job in dag.needrun_jobs():
-        if is_training_rule(job.rule.name) and dag.reason(job).forced:
+        if is_training_rule(job.rule.name) and forced_by_user(job):
             for run_file in job.output:
-                request_retrain(Path(run_file))
+                try:
+                    request_retrain(Path(run_file))
+                except UserError as err:
+                    raise WorkflowError(str(err)) from None
