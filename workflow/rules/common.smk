@@ -176,9 +176,12 @@ def forced_by_user(job):
     settings = workflow.dag_settings
     if settings.forceall:
         return True
-    named = set(settings.forcerun) | (set(settings.targets) if settings.forcetargets else set())
+    named = set(settings.forcerun)
+    if settings.forcetargets:
+        named |= set(settings.targets)
     paths = {os.path.abspath(name) for name in named}
-    return job.rule.name in named or any(os.path.abspath(f) in paths for f in job.output)
+    outputs = {os.path.abspath(path) for path in job.output}
+    return job.rule.name in named or not paths.isdisjoint(outputs)
 
 
 def request_forced_retrains():
