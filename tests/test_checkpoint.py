@@ -314,7 +314,7 @@ def test_a_second_trainer_of_the_same_run_file_is_refused(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"process {os.getpid()} on " in lines[0], result.stderr
-    assert f"is already training it (it holds {out.with_name('metrics.lock')})" in lines[0]
+    assert f"is already training {out} (it holds {out.with_name('metrics.lock')})" in lines[0]
     assert not out.exists()
 
 

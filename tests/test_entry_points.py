@@ -10,7 +10,7 @@ import torch
 from synthetic_runs import EXACT, RUNS, write_run
 
 from ssvae import data
-from ssvae.splits import write_split
+from ssvae.splits import content_digest, write_split
 
 SEED = 6
 RUN = {"run": "r", "model": "MLP", "seed": SEED, "epochs": 0, "steps_per_epoch": 1}
@@ -73,7 +73,8 @@ class TestTrain:
 
     def test_a_split_index_outside_the_training_images(self, train, tmp_path: Path) -> None:
         bad = tmp_path / "split.json"
-        bad.write_text(json.dumps({"seed": SEED, "indices": [0, 10**6]}))
+        split = {"seed": SEED, "indices": [0, 10**6]}
+        bad.write_text(json.dumps(split | {"sha256": content_digest(split)}))  # sound, but wrong
         assert_one_line(train(split_path=bad), "ssvae-train", "labeled index 1000000")
 
     def test_a_missing_or_truncated_mnist_file(self, train, small_mnist, tmp_path) -> None:

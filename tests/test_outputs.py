@@ -44,6 +44,10 @@ def mount_point(tmp_path: Path):
         subprocess.run(["umount", str(point)], check=True)
 
 
+# What a trainer keeps beside a run file from its first moment: its lock and every attempt's log.
+SIDE_FILES = ["metrics.attempts.log", "metrics.lock"]
+
+
 def train(small_mnist: Path, split: Path, out: Path, *options: str):
     command = [
         "ssvae-train", "--data", str(small_mnist), "--split", str(split), "--out", str(out),
@@ -91,7 +95,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes_from_it(
     lines = result.stderr.strip().splitlines()
     assert lines == [f"ssvae-train: error: cannot write {ckpt}: No space left on device"]
     assert checkpoint.read(ckpt, torch.device("cpu"))["next_epoch"] == 1
-    assert sorted(p.name for p in disk.iterdir()) == ["checkpoint.pt"]  # no partial file
+    assert sorted(p.name for p in disk.iterdir()) == ["checkpoint.pt", *SIDE_FILES]  # no partial
 
     mount_point("size=256m")  # space freed
     result = train(small_mnist, split, out, *options)
@@ -109,4 +113,4 @@ def test_a_full_disk_when_the_run_file_is_written_is_one_line(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines == [f"ssvae-train: error: cannot write {out}: No space left on device"]
-    assert list(disk.iterdir()) == []
+    assert sorted(p.name for p in disk.iterdir()) == SIDE_FILES  # no partial run file

@@ -146,14 +146,17 @@ def save(path: Path, state: dict) -> None:
 
 def read(path: Path, device: torch.device) -> dict:
     """The state a checkpoint file holds, its content checked against its digest: a damaged
-    file (or one without a digest) is a DamagedFile naming it."""
+    file is a DamagedFile naming it. A file without the seal is not taken for a damaged
+    checkpoint (nor overwritten): it is a CheckpointMismatch, for the user to delete."""
     try:
         header, _, payload = path.read_bytes().partition(b"\n")
     except OSError as err:
         reason = err.strerror or err
         raise CheckpointMismatch(f"checkpoint {path} cannot be read ({reason})") from None
     if not header.startswith(SEAL):
-        raise DamagedFile(path, "no recorded digest: not a checkpoint of this version of ssvae")
+        raise CheckpointMismatch(
+            f"checkpoint {path} is not a checkpoint of this version of ssvae-train; delete it"
+        )
     if header.removeprefix(SEAL).decode(errors="replace") != sha256(payload):
         raise DamagedFile(path)
     try:

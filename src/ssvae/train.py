@@ -425,12 +425,8 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     written for that request are resumed. `compiled` runs the step through torch.compile
     (CUDA graphs on CUDA)."""
     check_one_run(cfgs, files)
+    check_outputs_writable(files)
     diverged_before = []
-    # Outputs that could not be written at the end are refused before any training.
-    for seed_files in files:
-        for path in (seed_files.out, diverged_path(seed_files.out), seed_files.checkpoint):
-            if path is not None:
-                check_writable(path)
     data_digest = data.load_verified(data_path)[1]
     seeds = []
     for cfg, seed_files in zip(cfgs, files, strict=True):
@@ -503,6 +499,14 @@ def new_seed(cfg: TrainConfig, files: SeedFiles, data_digest: str, device: torch
         key = store.result_key(cfg.to_json(), fingerprint["code"], data_digest, split["sha256"])
         seed.stored = result_store.entry(cfg.run, cfg.seed, key)
     return seed
+
+
+def check_outputs_writable(files: list[SeedFiles]) -> None:
+    """Refuse, before any training, outputs that could not be written at the end."""
+    for seed_files in files:
+        for path in (seed_files.out, diverged_path(seed_files.out), seed_files.checkpoint):
+            if path is not None:
+                check_writable(path)
 
 
 def recovered_from_store(seed: Seed, result_store: store.ResultStore | None, log) -> bool:
@@ -796,7 +800,10 @@ def main(argv: list[str] | None = None) -> None:
             if len(paths) != len(seeds):
                 raise ConfigError(f"{option}: {len(paths)} paths for {len(seeds)} seeds")
         files = [SeedFiles(*paths) for paths in zip(args.split, args.out, checkpoints, strict=True)]
-        check_one_run(cfgs, files)  # before the locks: one path given twice is named as such
+        # Before the locks: one path given twice is named as such, and an output that cannot
+        # be written is named rather than its lock.
+        check_one_run(cfgs, files)
+        check_outputs_writable(files)
         with ExitStack() as held:
             for seed_files in files:
                 held.enter_context(hold_lock(seed_files.lock, f"training {seed_files.out}"))
