@@ -1,4 +1,5 @@
-"""ssvae.data: reading IDX files, the train/valid/test split, and verified fetching (spec 1.1)."""
+"""ssvae.data: reading IDX files, the train/valid/test split, and verified fetching
+(docs/original.md 1.1)."""
 
 import functools
 import gzip
@@ -18,7 +19,7 @@ TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 
-# Sanity facts from shared/data/mnist/README.md and spec 1.1.
+# Sanity facts from shared/data/mnist/README.md and docs/original.md 1.1.
 TRAIN_CLASS_COUNTS = [4932, 5678, 4968, 5101, 4859, 4506, 4951, 5175, 4842, 4988]
 TRAIN_Y_100_TO_110 = [5, 7, 1, 7, 1, 1, 6, 3, 0, 2]
 VALID_Y_100_TO_110 = [7, 0, 9, 1, 6, 2, 8, 3, 6, 4]

@@ -1,5 +1,6 @@
 """ssvae.models beyond ExactM2: the sampled and relaxed M2 variants, LogisticNormal, LogGamma and
-the log-Gamma sampler (spec 2.5, 3.3-3.7, 3.10, 7), checked against float64 formulas of our own."""
+the log-Gamma sampler (docs/original.md 2.5, 3.3-3.7, 3.10, 7), checked against float64 formulas of
+our own."""
 
 import math
 from contextlib import contextmanager
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 from model_inputs import binary_images, labels, onehot
 
 from ssvae import data, runfile
-from ssvae.config import TrainConfig
-from ssvae.models import MODELS, SemiSupervisedVAE, build_model, gumbel_softmax_m2, log_gamma
+from ssvae.config import MODEL_PARAMS, TrainConfig, resolve_params
+from ssvae.models import MODELS, gumbel_softmax_m2, log_gamma
+from ssvae.models.base import SemiSupervisedVAE, build_model
 from ssvae.nn import SeedRandom, Subgraph, gumbel_noise, relaxed_one_hot, sample_log_gamma
 from ssvae.schedules import Annealing
 from ssvae.splits import write_split
@@ -23,8 +25,8 @@ LOGIT_CLIP = 5.0
 SHARPENING = 3.0  # the run setting in the bound tests; ANNEALED halves it
 # Coefficients that differ from each other and from 1, so a misplaced one shows.
 ANNEALED = Annealing(kl_z=0.3, kl_alpha=0.6, bound=0.7, classifier=0.2, sharpening=0.5)
-EPS_MEAN = 1.0  # LogisticNormal's noise is N(1, 1) by default (spec 7.3)
-LABEL_SHIFT = math.log1p(math.exp(-6.0))  # softplus(posterior_val = -6) (spec 7.17)
+EPS_MEAN = 1.0  # LogisticNormal's noise is N(1, 1) by default (docs/original.md 7.3)
+LABEL_SHIFT = math.log1p(math.exp(-6.0))  # softplus(posterior_val = -6) (docs/original.md 7.17)
 BETA_PRIOR = 0.2
 
 SHARPENED_MODELS = [
@@ -56,7 +58,7 @@ def one_thread():
 
 
 def make_model(name: str, sharpening: float = SHARPENING, **params) -> SemiSupervisedVAE:
-    if "sharpening" in MODELS[name].settings:
+    if "sharpening" in MODEL_PARAMS[name].get("properties", {}):
         params["sharpening"] = sharpening
     return build_model(name, params, 0.25, 128.0, 0.05, [0]).double()
 
@@ -196,13 +198,16 @@ def test_parameter_count(name: str) -> None:
 
 class TestSettings:
     def test_which_models_have_a_sharpening(self) -> None:
-        with_sharpening = {name for name, cls in MODELS.items() if "sharpening" in cls.settings}
+        with_sharpening = {
+            name for name, schema in MODEL_PARAMS.items()
+            if "sharpening" in schema.get("properties", {})
+        }  # fmt: skip
         assert with_sharpening == set(SHARPENED_MODELS)
 
     @pytest.mark.parametrize("name", SHARPENED_MODELS)
     def test_sharpening_must_be_given(self, name: str) -> None:
         with pytest.raises(ValueError, match="sharpening"):
-            MODELS[name].resolve_params({})
+            resolve_params(name, {})
 
     @pytest.mark.parametrize(
         ("name", "expected"),
@@ -214,7 +219,7 @@ class TestSettings:
     )
     def test_defaults(self, name: str, expected: dict) -> None:
         params = {"sharpening": 2} if name in SHARPENED_MODELS else {}
-        assert MODELS[name].resolve_params(params) == expected
+        assert resolve_params(name, params) == expected
 
 
 class TestApproxM2:
@@ -271,7 +276,7 @@ class TestRelaxedM2:
             assert_one_hot(seen["decoder"][0])
         torch.testing.assert_close(seen["decoder"][0], y)
         torch.testing.assert_close(seen["z_encoder"][0], y)
-        # KL_Y is the categorical one of q(y|x), even for a relaxed y (spec 7.14).
+        # KL_Y is the categorical one of q(y|x), even for a relaxed y (docs/original.md 7.14).
         kl_y = categorical_kl(logits)
         kl_z, nll_x = z_terms(model, y, hx, x, Subgraph.UNLABELED, fixed_noise)
         surrogate = ANNEALED.kl_alpha * kl_y + ANNEALED.kl_z * kl_z + nll_x
@@ -501,11 +506,11 @@ SHORT_RUN = {
     "lr": 1e-3,
     "anneal_classifier_steps": 1,
 }
-# The score-function terms have no baseline (spec 7.15): at the original weight of 128 they give
-# the shared trunk ~5x (ApproxM2) and ~20x (LogGamma) the classifier's gradient, and 40 steps leave
-# LogGamma near chance. A 16x weight lets the classifier learn in that time.
+# The score-function terms have no baseline (docs/original.md 7.15): at the original weight of 128
+# they give the shared trunk ~5x (ApproxM2) and ~20x (LogGamma) the classifier's gradient, and 40
+# steps leave LogGamma near chance. A 16x weight lets the classifier learn in that time.
 SCORE_FUNCTION_CLASSIFIER_WEIGHT = 2048.0
-RUN_SHARPENING = {"GumbelSoftmaxM2": 3.0}  # the others' runs use 1.0 (spec 6.2)
+RUN_SHARPENING = {"GumbelSoftmaxM2": 3.0}  # the others' runs use 1.0 (docs/original.md 6.2)
 # Chance is 0.1; with these settings every model reached 0.60-0.73 on each of 4-6 seeds tried.
 MIN_VALID_ACCURACY = 0.4
 

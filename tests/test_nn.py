@@ -1,4 +1,5 @@
-"""ssvae.nn: BatchNorm per sub-graph, maxout stacks, networks, init and the basic terms (spec 2)."""
+"""ssvae.nn: BatchNorm per sub-graph, maxout stacks, networks, init and the basic terms
+(docs/original.md 2)."""
 
 import math
 
@@ -156,7 +157,7 @@ class TestMaxoutStack:
 
 
 class TestParameterCounts:
-    """The breakdown in spec 2.5, which fixes the clipping threshold."""
+    """The breakdown in docs/original.md 2.5, which fixes the clipping threshold."""
 
     def test_classifier_network(self) -> None:
         net = ClassifierNet(SeedRandom([0]), dropout=0.25)

@@ -10,7 +10,7 @@ from labeled_split import split_file
 from run_contents import run_file_contents
 
 from ssvae import runfile, store, train
-from ssvae.config import ConfigError, TrainConfig
+from ssvae.config import MODEL_PARAMS, ConfigError, TrainConfig
 from ssvae.models import MODELS
 from ssvae.train import SeedFiles, TrainingDiverged, train_pack
 
@@ -34,7 +34,7 @@ def quiet(*args, **kwargs) -> None:
 
 
 def config(model: str, seed: int = 2, **overrides) -> TrainConfig:
-    params = {"sharpening": 3.0} if "sharpening" in MODELS[model].settings else {}
+    params = {"sharpening": 3.0} if "sharpening" in MODEL_PARAMS[model].get("required", []) else {}
     return TrainConfig(
         run=f"pack_{model}", model=model, seed=seed, params=params, **SHORT | overrides
     )

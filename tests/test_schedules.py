@@ -1,5 +1,5 @@
-"""ssvae.schedules: the annealing coefficients per step and the learning rate per epoch (spec 4.2,
-4.5)."""
+"""ssvae.schedules: the annealing coefficients per step and the learning rate per epoch
+(docs/original.md 4.2, 4.5)."""
 
 import dataclasses
 
@@ -31,7 +31,7 @@ class TestAnnealing:
             kl_z=0.0, kl_alpha=0.0, bound=0.0, classifier=0.0, sharpening=1.0
         )
 
-    def test_step_2(self) -> None:
+    def test_step_2_starts_the_ramps_and_halves_the_sharpening(self) -> None:
         assert coefficients(2) == pytest.approx(
             {
                 "kl_z": 1.01,
@@ -42,7 +42,7 @@ class TestAnnealing:
             }
         )
 
-    def test_step_3(self) -> None:
+    def test_step_3_ends_the_one_step_anneals_but_the_sharpening(self) -> None:
         step_3 = coefficients(3)
         assert step_3["sharpening"] == pytest.approx(1.005)
         assert step_3["kl_z"] == step_3["kl_alpha"] == step_3["bound"] == 1.0
@@ -73,7 +73,7 @@ class TestLearningRate:
     def test_first_epoch_trains_with_the_initial_rate(self) -> None:
         assert learning_rate(0, LR, LR_DECAY, LR_FLOOR) == LR
 
-    def test_epoch_300(self) -> None:
+    def test_epoch_300_trains_with_the_rate_decayed_300_times(self) -> None:
         rate = learning_rate(300, LR, LR_DECAY, LR_FLOOR)
         assert rate == pytest.approx(LR / LR_DECAY**300, rel=1e-12)
         assert rate == pytest.approx(4.30e-4, abs=5e-7)

@@ -1,4 +1,5 @@
-"""ssvae.splits: the labeled subset of each seed, drawn as the original draws it (spec 1.2)."""
+"""ssvae.splits: the labeled subset of each seed, drawn as the original draws it (docs/original.md
+1.2)."""
 
 import json
 from pathlib import Path

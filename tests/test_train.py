@@ -15,9 +15,9 @@ from labeled_split import SPLIT_SEED as SEED
 from labeled_split import split_file
 
 import ssvae
-from ssvae import runfile
+from ssvae import compute, runfile
 from ssvae.config import ConfigError, TrainConfig
-from ssvae.models import MLP
+from ssvae.models.mlp import MLP
 from ssvae.nn import SeedLinear
 from ssvae.train import TrainingDiverged, add_l2_term, clip_grad_norms, diverged_path, train
 
@@ -91,7 +91,7 @@ class TestExactM2RunFile:
         assert attrs["n_params"] == N_PARAMS["ExactM2"]
         assert attrs["ssvae_version"] == ssvae.__version__
         assert attrs["torch_version"] == str(torch.__version__)
-        assert attrs["device"] == "cpu"
+        assert attrs["device"] == compute.device_name(torch.device("cpu"))
         assert attrs["cuda_version"] == (torch.version.cuda or "none")
         assert (attrs["step_compiled"], attrs["step_captured"]) == (False, False)
         assert attrs["compile_fallback"] == ""
@@ -162,7 +162,7 @@ def test_logged_hyperparameters_are_the_original_ones(
 ) -> None:
     """hyperparameters/sharpening is the annealed value the step uses, the run's sharpening times
     the multiplier, as an epoch mean: steps 1-2 (epoch 0) use 1 and 0.5, steps 3-4 (epoch 1)
-    1.005 and 1 (spec 4.5)."""
+    1.005 and 1 (docs/original.md 4.5)."""
     out = tmp_path / "run.h5"
     train_quietly(tiny_config(model, params=params), small_mnist, small_split, out)
     history = runfile.read_history(out)["train"]

@@ -248,14 +248,21 @@ def test_invalid_config_stops_before_any_job(
     assert not (workdir / "results").exists()
 
 
-def test_full_comparison_plans_ninety_training_jobs(tmp_path: Path) -> None:
+def test_full_comparison_plans_ninety_training_jobs_without_torch(tmp_path: Path) -> None:
+    """Planning needs names, paths and settings, never tensors: it runs where torch cannot be
+    imported (and so never pays for importing it)."""
     workdir = copy_workflow(tmp_path / "wf")
+    no_torch = tmp_path / "no_torch" / "torch"
+    no_torch.mkdir(parents=True)
+    (no_torch / "__init__.py").write_text("raise ImportError('torch imported while planning')\n")
+    pythonpath = os.pathsep.join(filter(None, [str(no_torch.parent), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         ["snakemake", "--dry-run", "--cores", "4"],
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=HANG_GUARD_S,
+        env=os.environ | {"PYTHONPATH": pythonpath},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"^train\s+90$", result.stdout, flags=re.MULTILINE)

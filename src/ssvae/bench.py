@@ -13,7 +13,6 @@ Writes the table to stdout and everything to results/bench/bench.json.
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,6 @@ from ssvae.figures import comparison_path
 from ssvae.nn import SeedLinear
 from ssvae.splits import labeled_indices
 
-REPO_ROOT = Path.cwd()
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 WINDOWS = 5  # the measured window is timed in this many parts; rates are their median
 
@@ -302,8 +300,9 @@ def time_command(command: list[str], cwd: Path) -> float:
     return seconds
 
 
-def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
-    """Dry run and no-op rebuild of the full comparison (9 runs x 10 seeds), timed.
+def bench_workflow(checkout: Path, scratch: Path, mnist_sources: list[str], cores: int) -> dict:
+    """Dry run and no-op rebuild of the full comparison (9 runs x 10 seeds) of the repository
+    `checkout`, timed.
 
     The no-op rebuild needs every output built once: in `scratch`, a copy of the workflow builds
     the comparison with two training steps per run (the DAG, 90 training jobs and every other file
@@ -313,7 +312,7 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
         sys.exit("ssvae.bench: error: snakemake is not on PATH (pip install -e .)")
     scratch.mkdir(parents=True, exist_ok=True)
     for name in ("workflow", "envs", "src"):
-        source, dest = REPO_ROOT / name, scratch / name
+        source, dest = checkout / name, scratch / name
         if dest.is_dir():
             shutil.rmtree(dest)
         if source.is_dir():
@@ -322,7 +321,7 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
             )
         else:
             shutil.copy2(source, dest)
-    config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    config = yaml.safe_load((checkout / "config.yaml").read_text())
     short = config | {
         "mnist_sources": mnist_sources,
         "epochs": 1,
@@ -351,20 +350,6 @@ def bench_workflow(scratch: Path, mnist_sources: list[str], cores: int) -> dict:
         "noop_rebuild_s": noop_seconds,
         "scratch": str(scratch),
     }
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or on CPU the processor's model, CPUs and threads."""
-    if device.type == "cuda":
-        return compute.device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [
-        line.split(":", 1)[1].strip()
-        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-        if line.startswith("model name")
-    ]
-    name = models[0] if models else platform.processor() or platform.machine()
-    return f"{name} ({len(os.sched_getaffinity(0))} CPUs), {torch.get_num_threads()} threads"
 
 
 def print_table(report: dict) -> None:
@@ -520,7 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_workflow:  # first: a failure there should not cost the timings below
         # The files the workflow fetched for --data: a local directory source, as offline.
         raw_dir = (args.data.parent / "mnist" / "raw").resolve()
-        workflow = bench_workflow(args.scratch, [str(raw_dir)], os.cpu_count())
+        # The README runs the bench from the repository's root.
+        workflow = bench_workflow(Path.cwd(), args.scratch, [str(raw_dir)], os.cpu_count())
     matmul_before = matmul_flops_per_s(device, args.matmul_seconds)
     models = {}
     for run, cfg in configs.items():
@@ -543,7 +529,8 @@ def main(argv: list[str] | None = None) -> None:
         row["ratio"] = row["achieved_flops_per_s"] / matmul
     jobs = args.jobs if args.jobs is not None else ([1, 2, 4] if device.type == "cuda" else [])
     report = {
-        "device": device_name(device),
+        "device": compute.device_name(device)
+        + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -3,6 +3,8 @@ step itself, eager or compiled, with a fallback to eager when compiling fails.""
 
 import argparse
 import os
+import platform
+from pathlib import Path
 
 import torch
 import torch._dynamo.utils
@@ -65,7 +67,17 @@ def use_threads(requested: int) -> int:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    """The GPU's name, or on CPU the processor's model and how many CPUs this process has."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    name = models[0] if models else platform.processor() or platform.machine()
+    return f"{name} ({len(os.sched_getaffinity(0))} CPUs)"
 
 
 def versions() -> dict[str, str]:

@@ -1,16 +1,106 @@
-"""The resolved settings of one training run, with the original's values as defaults (spec 6.1)."""
+"""The settings of one training run, resolved and checked against the config schema
+(config.schema.yaml beside this module), which is the one place where every setting, its default
+and its bounds are written. No torch here: the workflow imports this module when it plans."""
 
+import argparse
 import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import jsonschema
+import yaml
+
+from ssvae.data import N_TRAIN
 from ssvae.errors import UserError
-from ssvae.models import MODELS
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+DEFS = SCHEMA["$defs"]
+MODEL_PARAMS = DEFS["params"]  # each model's own settings, by model name
+
+# The schema of each TrainConfig setting but params (whose schema is its model's).
+SETTING_SCHEMAS = {
+    "run": {"type": "string", "minLength": 1},
+    "model": {"enum": list(MODEL_PARAMS)},
+    "seed": DEFS["seed"],
+    "epochs": DEFS["epochs"],
+    "steps_per_epoch": DEFS["steps_per_epoch"],
+    "eval_every": DEFS["eval_every"],
+    **DEFS["training"]["properties"],
+}
 
 
 class ConfigError(UserError, ValueError):
     """An invalid setting; the message names the key and the value."""
+
+
+class SettingError(ConfigError):
+    """A setting that its schema (or a rule between settings) refuses: `key` (dotted), the
+    `value` found and the `problem`, which the caller may place in its own config."""
+
+    def __init__(self, key: str, value, problem: str) -> None:
+        self.key, self.value, self.problem = key, value, problem
+        shown = repr(value) if len(repr(value)) <= 200 else "..."
+        super().__init__(f"{key} = {shown}: {problem}" if key else f"{shown}: {problem}")
+
+    def under(self, prefix: str) -> "SettingError":
+        """The same error, its key placed under `prefix` (a dotted key)."""
+        return SettingError(".".join(filter(None, [prefix, self.key])), self.value, self.problem)
+
+
+def check(value, schema: dict, key: str = "") -> None:
+    """Raise SettingError for the first part of `value` that `schema` (which may refer to the
+    config schema's $defs) refuses, or any number in it that is not finite."""
+    validator = jsonschema.Draft202012Validator({"$defs": DEFS} | schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        where = ".".join([key, *map(str, error.absolute_path)]).strip(".")
+        if error.validator == "additionalProperties":
+            known = error.schema.get("properties", {})
+            extra = next(name for name in error.instance if name not in known)
+            raise SettingError(
+                f"{where}.{extra}".strip("."),
+                error.instance[extra],
+                f"not a known key (known: {', '.join(known) or 'none'})",
+            )
+        # A pattern is explained by its schema's description rather than shown as a regex.
+        if error.validator == "pattern" and "description" in error.schema:
+            problem = f"must be {error.schema['description']}"
+        else:
+            problem = error.message[:200]
+        raise SettingError(where, error.instance, problem)
+    for where, number in leaves(value, key):
+        if isinstance(number, float) and not math.isfinite(number):
+            raise SettingError(where, number, "must be a finite number")
+
+
+def leaves(value, key=""):
+    """(dotted key, value) of every scalar in a nested value."""
+    if isinstance(value, dict):
+        for name, child in value.items():
+            yield from leaves(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from leaves(child, f"{key}.{index}")
+    else:
+        yield key, value
+
+
+def resolve_params(model: str, params: dict) -> dict[str, float]:
+    """Every setting of `model`, checked, defaults filled in (SettingError names a bad one)."""
+    check(model, SETTING_SCHEMAS["model"], "model")
+    schema = MODEL_PARAMS[model]
+    check(params, schema, "params")
+    settings = schema.get("properties", {})
+    given = {name: s["default"] for name, s in settings.items() if "default" in s} | params
+    return {name: float(given[name]) for name in settings if name in given}
+
+
+def default(name: str):
+    """The schema's default of a TrainConfig setting, as the dataclass field's default."""
+    return field(default=SETTING_SCHEMAS[name]["default"])
 
 
 @dataclass(frozen=True)
@@ -19,67 +109,48 @@ class TrainConfig:
     model: str
     seed: int
     params: dict = field(default_factory=dict)  # model-specific (kl_factor, sharpening, ...)
-    epochs: int = 300  # the last epoch index: epochs 0..300 are 301 epochs of training
-    steps_per_epoch: int = 500
-    eval_every: int = 10
-    batch_size: int = 100
-    lr: float = 5e-4
-    lr_decay: float = 1.0005
-    lr_floor: float = 1e-4
-    l2: float = 0.1
-    grad_norm_per_1000: float = 2.5
-    classifier_weight: float = 128.0
-    anneal_classifier_steps: int = 50_000
-    input_dropout: float = 0.25
-    z_noise_std: float = 0.05
+    epochs: int = default("epochs")  # the last epoch index: 0..epochs
+    steps_per_epoch: int = default("steps_per_epoch")
+    eval_every: int = default("eval_every")
+    batch_size: int = default("batch_size")
+    lr: float = default("lr")
+    lr_decay: float = default("lr_decay")
+    lr_floor: float = default("lr_floor")
+    l2: float = default("l2")
+    grad_norm_per_1000: float = default("grad_norm_per_1000")
+    classifier_weight: float = default("classifier_weight")
+    anneal_classifier_steps: int = default("anneal_classifier_steps")
+    input_dropout: float = default("input_dropout")
+    z_noise_std: float = default("z_noise_std")
 
     def __post_init__(self):
         for setting in dataclasses.fields(self):
+            if setting.name == "params":
+                continue
             value = getattr(self, setting.name)
-            accepted = (int, float) if setting.type is float else setting.type
-            if isinstance(value, bool) or not isinstance(value, accepted):
-                raise ConfigError(
-                    f"{setting.name}: expected {setting.type.__name__}, got {value!r}"
-                )
+            check(value, SETTING_SCHEMAS[setting.name], setting.name)
             if setting.type is float:
-                if not math.isfinite(value):
-                    raise ConfigError(f"{setting.name}: must be a finite number, got {value!r}")
                 # 2 and 2.0 are one setting: the JSON that decides a rerun must not differ.
                 object.__setattr__(self, setting.name, float(value))
-        if self.model not in MODELS:
-            known = ", ".join(sorted(MODELS))
-            raise ConfigError(f"model: unknown model name {self.model!r} (known: {known})")
-        checks = {
-            "seed": (self.seed >= 0, "at least 0"),
-            "epochs": (self.epochs >= 0, "at least 0"),
-            "steps_per_epoch": (self.steps_per_epoch >= 1, "at least 1"),
-            "eval_every": (self.eval_every >= 1, "at least 1"),
-            "batch_size": (self.batch_size >= 2, "at least 2"),
-            "lr": (self.lr > 0, "above 0"),
-            "lr_decay": (self.lr_decay >= 1, "at least 1"),
-            "lr_floor": (0 < self.lr_floor <= self.lr, f"above 0 and at most lr ({self.lr!r})"),
-            "l2": (self.l2 >= 0, "at least 0"),
-            "grad_norm_per_1000": (self.grad_norm_per_1000 > 0, "above 0"),
-            "classifier_weight": (self.classifier_weight >= 0, "at least 0"),
-            "anneal_classifier_steps": (self.anneal_classifier_steps >= 1, "at least 1"),
-            "input_dropout": (0 <= self.input_dropout < 1, "at least 0 and below 1"),
-            "z_noise_std": (self.z_noise_std >= 0, "at least 0"),
-        }
-        for key, (ok, requirement) in checks.items():
-            if not ok:
-                raise ConfigError(f"{key}: must be {requirement}, got {getattr(self, key)!r}")
-        try:
-            # Frozen, so set through object: record every setting the model will use.
-            object.__setattr__(self, "params", MODELS[self.model].resolve_params(self.params))
-        except ValueError as err:
-            raise ConfigError(f"params.{err}") from err
+        if self.lr_floor > self.lr:
+            raise SettingError("lr_floor", self.lr_floor, f"must be at most lr ({self.lr!r})")
+        images = self.steps_per_epoch * self.batch_size
+        if images > N_TRAIN:
+            raise SettingError(
+                "batch_size",
+                self.batch_size,
+                f"{self.steps_per_epoch} steps of it take {images:,} images an epoch, more than "
+                f"the {N_TRAIN:,} training images",
+            )
+        # Frozen, so set through object: record every setting the model will use.
+        object.__setattr__(self, "params", resolve_params(self.model, self.params))
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown setting (value {values[unknown[0]]!r})")
+            raise SettingError(unknown[0], values[unknown[0]], "unknown setting")
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING]  # fmt: skip
         missing = [name for name in required if name not in values]
@@ -102,32 +173,58 @@ def settings_help() -> str:
         elif setting.default_factory is dataclasses.MISSING:
             lines.append(f"  {setting.name:<25} required")
     lines.append("  params                    the model's own settings, by model:")
-    for name, model in MODELS.items():
+    for model, schema in MODEL_PARAMS.items():
+        required = schema.get("required", [])
         each = [
-            f"{key} ({'required' if s.default is None else s.default})"
-            for key, s in model.settings.items()
+            f"{name} ({'required' if name in required else s['default']})"
+            for name, s in schema.get("properties", {}).items()
         ]
-        lines.append(f"    {name:<23} {', '.join(each) or 'none'}")
+        lines.append(f"    {model:<23} {', '.join(each) or 'none'}")
     return "\n".join(lines)
+
+
+def config_value(key: str):
+    """An argparse `type` for an option that carries the config's top-level `key` (a number):
+    checked against that key's schema, so the option accepts what the config accepts."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            check(value, SCHEMA["properties"][key])
+        except SettingError as err:
+            raise argparse.ArgumentTypeError(f"{text}: {err.problem}") from None
+        return value
+
+    parse.__name__ = key  # argparse names the type in its messages
+    return parse
 
 
 def run_settings(config: dict, run: str, seed: int) -> TrainConfig:
     """What one (run, seed) of the workflow config computes: the run's model and params, the
     seed, the schedule and the training overrides, defaults filled in. How it is computed
-    (device, threads, compile, TF32, checkpoints) is not part of it."""
+    (device, threads, compile, TF32, checkpoints) is not part of it. A refused setting is named
+    where the config says it."""
     if run not in config["runs"]:
         defined = ", ".join(config["runs"])
         raise ConfigError(f"run: {run!r} is not defined under runs (defined: {defined})")
     definition = config["runs"][run]
-    return TrainConfig.from_dict(
-        {
-            "run": run,
-            "model": definition["model"],
-            "params": definition.get("params", {}),
-            "seed": seed,
-            "epochs": config["epochs"],
-            "steps_per_epoch": config["steps_per_epoch"],
-            "eval_every": config["eval_every"],
-            **config.get("training", {}),
-        }
-    )
+    schedule = {key: config[key] for key in ("epochs", "steps_per_epoch", "eval_every")}
+    try:
+        return TrainConfig.from_dict(
+            {
+                "run": run,
+                "model": definition["model"],
+                "params": definition.get("params", {}),
+                "seed": seed,
+                **schedule,
+                **config.get("training", {}),
+            }
+        )
+    except SettingError as err:
+        top = err.key.split(".")[0]
+        if top in ("model", "params"):
+            raise err.under(f"runs.{run}") from None
+        raise err.under("training" if top in DEFS["training"]["properties"] else "") from None

@@ -1,4 +1,5 @@
-"""MNIST: fetch the four IDX files, verify them, convert them to the original's split (spec 1.1).
+"""MNIST: fetch the four IDX files, verify them, convert them to the original's split
+(docs/original.md 1.1).
 
 Sources are tried in order. A source is an HTTP(S) URL prefix, a ``file://`` URL or a local
 directory holding ``<name>.gz``. A file is accepted only if the sha256 of its *decompressed*

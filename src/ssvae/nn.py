@@ -22,18 +22,12 @@ LOGIT_CLIP = 5.0
 
 
 class Subgraph(IntEnum):
-    """The three sub-graphs: shared weights, separate BatchNorm statistics (spec 2.3)."""
+    """The three sub-graphs: shared weights, separate BatchNorm statistics (docs/original.md
+    2.3)."""
 
     UNLABELED = 0  # p(x)
     LABELED = 1  # p(x,y)
     CLASSIFIER = 2  # q(y|x)
-
-
-SUBGRAPH_NAMES = {
-    Subgraph.UNLABELED: "p(x)",
-    Subgraph.LABELED: "p(x,y)",
-    Subgraph.CLASSIFIER: "q(y|x)",
-}
 
 
 class SubgraphBatchNorm(nn.Module):
@@ -130,7 +124,7 @@ class Maxout(torch.autograd.Function):
 
 
 class MaxoutStack(nn.Module):
-    """`n_layers` of Linear(in -> 4H) [-> BatchNorm] -> maxout of 4 units (spec 2.2).
+    """`n_layers` of Linear(in -> 4H) [-> BatchNorm] -> maxout of 4 units (docs/original.md 2.2).
 
     Unit j takes the max of pre-activations j, H+j, 2H+j and 3H+j, where the original takes
     4j..4j+3: a fixed relabelling of the 4H linear units, under which the model, its i.i.d.
@@ -160,7 +154,8 @@ class MaxoutStack(nn.Module):
 
 
 class ClassifierNet(nn.Module):
-    """q(y|x) network: input dropout -> h(x) trunk -> head -> linear output(s) (spec 2.5).
+    """q(y|x) network: input dropout -> h(x) trunk -> head -> linear output(s) (docs/original.md
+    2.5).
 
     `forward` returns the trunk features h(x) (which q(z|.) reuses) and the head outputs:
     one clipped logit vector for every model but LogisticNormal, which asks for two unclipped ones.
@@ -178,7 +173,8 @@ class ClassifierNet(nn.Module):
         self.outputs = nn.ModuleList(SeedLinear(seeds, 300, N_CLASSES) for _ in range(n_outputs))
 
     def hidden(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
-        # A fresh dropout mask per call: the three sub-graphs see independent masks (spec 2.4).
+        # A fresh dropout mask per call: the three sub-graphs see independent masks
+        # (docs/original.md 2.4).
         x = input_dropout(x, self.dropout, self.training, self.random)
         return self.trunk(x, subgraph)
 
@@ -269,7 +265,8 @@ def bernoulli_draw(p: torch.Tensor | float, like: torch.Tensor, random: SeedRand
 
 
 def input_dropout(x: torch.Tensor, p: float, training: bool, random: SeedRandom) -> torch.Tensor:
-    """Keep each input with probability 1 - p and scale the kept ones by 1/(1 - p) (spec 2.4)."""
+    """Keep each input with probability 1 - p and scale the kept ones by 1/(1 - p) (docs/original.md
+    2.4)."""
     if not training or p == 0:
         return x
     return x * bernoulli_draw(1 - p, x, random) / (1 - p)
@@ -304,7 +301,7 @@ def relaxed_one_hot(
     logits: torch.Tensor, noise: torch.Tensor, sharpening: float, straight_through: bool
 ) -> torch.Tensor:
     """softmax(s * (logits + noise)); straight-through: the one-hot of its argmax going forward
-    and the soft sample's gradient going back (spec 3.4, 3.5)."""
+    and the soft sample's gradient going back (docs/original.md 3.4, 3.5)."""
     soft = F.softmax(sharpening * (logits + noise), dim=-1)
     if not straight_through:
         return soft
@@ -331,7 +328,7 @@ def sample_log_gamma(concentration: torch.Tensor, random: SeedRandom) -> torch.T
     """log G with G ~ Gamma(concentration, 1), drawn in log space and without gradient.
 
     log G(b) = log G(b + 1) + log(U) / b: for small b the result is a large negative number
-    rather than the log(0) = -inf a direct Gamma(b) draw underflows to (spec 7.16).
+    rather than the log(0) = -inf a direct Gamma(b) draw underflows to (docs/original.md 7.16).
     """
     with torch.no_grad():
         boosted = random.gamma(concentration + 1)

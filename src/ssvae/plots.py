@@ -13,6 +13,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ssvae import figures, metrics, runfile  # noqa: E402
 from ssvae.cli import entry_point_parser  # noqa: E402
+from ssvae.config import config_value  # noqa: E402
 from ssvae.errors import exit_on_user_error  # noqa: E402
 from ssvae.io import write_atomic  # noqa: E402
 
@@ -37,10 +38,10 @@ def draw_seed_means(
     ax, table, runs, split, metric, *, higher_is_better, statistic="best", title=None
 ) -> tuple[set, list]:
     """One line per run, the mean over seeds, with a band of one standard deviation; legend
-    entries "{label}: {value} at epoch {epoch}" sorted best first (spec 5.1, 5.2), where value is
-    the best value of the mean curve, or its last value for statistic="last", as the legend's
-    title says (the original wrote "0.942 (300ep)", which reads as an epoch count). Returns the
-    numbers of seeds seen and the labels of the runs with no data."""
+    entries "{label}: {value} at epoch {epoch}" sorted best first (docs/original.md 5.1, 5.2), where
+    value is the best value of the mean curve, or its last value for statistic="last", as the
+    legend's title says (the original wrote "0.942 (300ep)", which reads as an epoch count). Returns
+    the numbers of seeds seen and the labels of the runs with no data."""
     digits = 3 if metric == "accuracy" else 1
     entries, n_seeds, absent = [], set(), []
     for run in runs.itertuples():
@@ -111,7 +112,7 @@ def save(fig, out_path: Path) -> None:
 
 
 def accuracy_figure(table, runs):
-    """Validation accuracy of every run over epochs (spec 5.1), 648 x 432 px."""
+    """Validation accuracy of every run over epochs (docs/original.md 5.1), 648 x 432 px."""
     with plt.style.context(STYLE):
         fig, ax = plt.subplots(figsize=(9, 6), dpi=DPI)
         n_seeds, _ = draw_seed_means(ax, table, runs, "valid", "accuracy", higher_is_better=True)
@@ -121,7 +122,8 @@ def accuracy_figure(table, runs):
 
 
 def accuracy_loss_figure(table, runs, split: str):
-    """Accuracy and loss of every run over epochs on one split (spec 5.2), 1296 x 432 px."""
+    """Accuracy and loss of every run over epochs on one split (docs/original.md 5.2), 1296 x 432
+    px."""
     with plt.style.context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(18, 6), dpi=DPI)
         n_seeds, _ = draw_seed_means(left, table, runs, split, "accuracy", higher_is_better=True)
@@ -154,7 +156,7 @@ def active_dims_figure(active, runs, threshold: float):
     return fig
 
 
-SIDE, GAP, BLOCK_GAP, BLOCK_ROWS, BLOCK_COLS = 28, 3, 12, 4, 25  # spec 5.3, in pixels
+SIDE, GAP, BLOCK_GAP, BLOCK_ROWS, BLOCK_COLS = 28, 3, 12, 4, 25  # docs/original.md 5.3, in pixels
 
 
 def sample_grid(samples: np.ndarray) -> np.ndarray:
@@ -179,8 +181,8 @@ SAMPLES_MARGINS = {"left": 48, "right": 16, "top": 64, "bottom": 16}  # pixels a
 
 
 def samples_figure(samples: np.ndarray, epoch: int, label: str, seed: int):
-    """The decoder's Bernoulli means at one evaluation (spec 5.3), one screen pixel per image
-    pixel: the canvas is the grid (775 x 1348 px) and its margins, each class block labelled
+    """The decoder's Bernoulli means at one evaluation (docs/original.md 5.3), one screen pixel per
+    image pixel: the canvas is the grid (775 x 1348 px) and its margins, each class block labelled
     with its digit. (The original shrank the grid into 1152 x 1152, blurring each digit.)"""
     grid = sample_grid(samples)
     margin = SAMPLES_MARGINS
@@ -209,7 +211,7 @@ def kl_per_dimension(mu: np.ndarray, logcov2: np.ndarray) -> np.ndarray:
 
 def kl_heatmap_figure(kl_rows: np.ndarray, label: str, seed: int):
     """KL of each z dimension for the last 100 q(z|.) rows of every validation, one column per
-    row, in the original's drawing (spec 5.4), 1296 x 360 px."""
+    row, in the original's drawing (docs/original.md 5.4), 1296 x 360 px."""
     fig, ax = plt.subplots(figsize=(18, 5), dpi=DPI)
     mesh = ax.pcolormesh(kl_rows.T, cmap="jet")
     ax.set_xlim(0, kl_rows.shape[0])
@@ -314,7 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("figure", choices=list(figures.BY_STEM), help="the figure to draw")
     parser.add_argument("--metrics", type=Path, help="aggregated metrics .h5 (comparison figures)")
     parser.add_argument(
-        "--threshold", type=float, help="KL in nats above which a z dimension counts as active"
+        "--threshold",
+        type=config_value("active_kl_threshold"),
+        help="KL in nats above which a z dimension counts as active",
     )
     parser.add_argument("--run-file", type=Path, help="one run's metrics .h5 (per-run figures)")
     parser.add_argument("--label", help="the run's label in titles (per-run figures)")
@@ -324,8 +328,6 @@ def main(argv: list[str] | None = None) -> None:
     missing = [name for name in needs(figure) if getattr(args, name) is None]
     if missing:
         parser.error(f"figure {args.figure} needs {_option(missing[0])}")
-    if args.threshold is not None and args.threshold < 0:
-        parser.error(f"--threshold must be at least 0, not {args.threshold}")
     with exit_on_user_error("ssvae-plot"):
         save(DRAW[args.figure](args), args.out)
     print(f"wrote {args.out}")

@@ -2,7 +2,6 @@
 path relative to the report so that it reads on a code host. Drawn from the aggregated metrics
 file alone (no training code is imported)."""
 
-import math
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pandas as pd
 
 from ssvae import metrics
 from ssvae.cli import entry_point_parser
+from ssvae.config import config_value
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.figures import FIGURES, figure_of
 from ssvae.io import write_atomic
@@ -291,12 +291,15 @@ def main(argv: list[str] | None = None) -> None:
         "--reference", type=Path, required=True, help="CSV of the original's numbers per label"
     )
     parser.add_argument("--figures", type=Path, nargs="*", default=[], help="PNGs to embed")
-    parser.add_argument("--threshold", type=float, required=True, help="active-dimension KL")
+    parser.add_argument(
+        "--threshold",
+        type=config_value("active_kl_threshold"),
+        required=True,
+        help="KL in nats above which a z dimension counts as active",
+    )
     parser.add_argument("--out-md", type=Path, required=True, help="Markdown report to write")
     parser.add_argument("--out-csv", type=Path, required=True, help="the report's table as CSV")
     args = parser.parse_args(argv)
-    if not (args.threshold >= 0 and math.isfinite(args.threshold)):
-        parser.error(f"--threshold must be a finite number of nats >= 0, not {args.threshold}")
     with exit_on_user_error("ssvae-report"):
         write_report(
             args.metrics, args.reference, args.figures, args.threshold, args.out_md, args.out_csv

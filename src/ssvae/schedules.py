@@ -1,4 +1,5 @@
-"""Annealing and learning-rate schedules as functions of the step or epoch (spec 4.2, 4.5)."""
+"""Annealing and learning-rate schedules as functions of the step or epoch (docs/original.md 4.2,
+4.5)."""
 
 from dataclasses import dataclass
 
@@ -7,7 +8,8 @@ def ramp(step: int, n_steps: int) -> float:
     """The coefficient used at 1-based `step` by an anneal over `n_steps` steps.
 
     The original updates its coefficients after each step from the old counter, so step 1 sees the
-    initial value 0 and step k >= 2 sees 0.01 + (k-1)/N, or 1 once (k-1)/N exceeds 1 (spec 7.5).
+    initial value 0 and step k >= 2 sees 0.01 + (k-1)/N, or 1 once (k-1)/N exceeds 1
+    (docs/original.md 7.5).
     """
     if step == 1:
         return 0.0
@@ -32,7 +34,8 @@ def annealing(step: int, classifier_steps: int) -> Annealing:
     sharpening = 1.0 if step == 1 else 0.5 * (1.0 + ramp(step - 1, 1))
     return Annealing(
         kl_z=ramp(step, 1),
-        # The original divides by annealKL_Z here too (spec 7.4); both are 1 in the experiment.
+        # The original divides by annealKL_Z here too (docs/original.md 7.4); both are 1 in the
+        # experiment.
         kl_alpha=ramp(step, 1),
         bound=ramp(step, 1),
         classifier=ramp(step, classifier_steps),

@@ -1,4 +1,4 @@
-"""The labeled subset of one seed, drawn exactly as the original draws it (spec 1.2)."""
+"""The labeled subset of one seed, drawn exactly as the original draws it (docs/original.md 1.2)."""
 
 import json
 import sys

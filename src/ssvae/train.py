@@ -29,9 +29,9 @@ import ssvae
 from ssvae import checkpoint, compute, data, runfile, store
 from ssvae.cli import entry_point_parser
 from ssvae.config import ConfigError, TrainConfig, settings_help
-from ssvae.errors import UserError, exit_on_user_error
+from ssvae.errors import InputError, UserError, exit_on_user_error
 from ssvae.io import DamagedFile, check_writable, hold_lock, write_atomic
-from ssvae.models import SemiSupervisedVAE, build_model
+from ssvae.models.base import SemiSupervisedVAE, build_model
 from ssvae.nn import N_CLASSES, Z_DIM, SeedRandom, bernoulli_draw
 from ssvae.schedules import Annealing, annealing, learning_rate
 from ssvae.splits import read_split
@@ -50,13 +50,13 @@ def diverged_path(out_path: Path) -> Path:
 
 
 def binarize(x: torch.Tensor, random: SeedRandom) -> torch.Tensor:
-    """A fresh Bernoulli draw of every pixel, each time a batch is used (spec 1.3)."""
+    """A fresh Bernoulli draw of every pixel, each time a batch is used (docs/original.md 1.3)."""
     return bernoulli_draw(x, x, random)
 
 
 def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    # The original's pickle stores k/256 (spec 1.1). Torch's default float type: float32, unless a
-    # test asks for float64.
+    # The original's pickle stores k/256 (docs/original.md 1.1). Torch's default float type:
+    # float32, unless a test asks for float64.
     return torch.from_numpy(images).to(device=device, dtype=torch.get_default_dtype()) / 256.0
 
 
@@ -69,7 +69,7 @@ def per_seed_means(sums: dict, count: int) -> list[dict[str, float]]:
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int):
     """Each seed's metrics over a whole split, and its z statistics (None without a decoder);
-    both slots get the images, binarised separately (spec 1.5)."""
+    both slots get the images, binarised separately (docs/original.md 1.5)."""
     model.eval()
     seeds = model.random.seeds
     sums = defaultdict(float)
@@ -98,8 +98,8 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int)
 
 
 def decoder_samples(model: SemiSupervisedVAE) -> np.ndarray:
-    """Per seed, Bernoulli means for z ~ N(0, I) and classes 0..9 in blocks of 100 (spec 4.8),
-    as uint8: (seeds, 1000, 784)."""
+    """Per seed, Bernoulli means for z ~ N(0, I) and classes 0..9 in blocks of 100 (docs/original.md
+    4.8), as uint8: (seeds, 1000, 784)."""
     device = model.random.device
     classes = torch.eye(N_CLASSES, device=device).repeat_interleave(SAMPLES_PER_CLASS, dim=0)
     classes = classes.expand(model.random.seeds, -1, -1)
@@ -218,8 +218,8 @@ def seed_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 def add_l2_term(params: list, l2: float) -> torch.Tensor:
     """Add the gradient of l2 * (sum of squared parameters), 2 * l2 * p, to every gradient and
     return each seed's parameter norm. The L2 term belongs to the summed loss, so clipping sees
-    it (spec 4.3, 4.4); added here rather than through autograd, it costs 2 passes over the
-    parameters instead of 6."""
+    it (docs/original.md 4.3, 4.4); added here rather than through autograd, it costs 2 passes over
+    the parameters instead of 6."""
     torch._foreach_add_([p.grad for p in params], params, alpha=2 * l2)
     return seed_norms(params)
 
@@ -553,10 +553,10 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
     cfg = seeds[0].cfg
     names = " ".join(str(seed.cfg.seed) for seed in seeds)
     images = load_images(data_path, [seed.split for seed in seeds], device)
-    if cfg.steps_per_epoch * cfg.batch_size > len(images.train_x):
-        raise ConfigError(
-            f"steps_per_epoch: {cfg.steps_per_epoch} batches of {cfg.batch_size} exceed the "
-            f"{len(images.train_x)} training images"
+    if cfg.steps_per_epoch * cfg.batch_size > len(images.train_x):  # a reduced data file
+        raise InputError(
+            f"{data_path}: {len(images.train_x)} training images, fewer than an epoch of "
+            f"{cfg.steps_per_epoch} batches of {cfg.batch_size} takes"
         )
     model, optimizer = build_training(cfg, [seed.cfg.seed for seed in seeds], device)
     n_params = sum(p[0].numel() for p in model.parameters())

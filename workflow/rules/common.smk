@@ -4,7 +4,6 @@ import re
 import shlex
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 
 from ssvae.config import ConfigError, run_settings
@@ -17,17 +16,17 @@ from ssvae.splits import SPLIT_FORMAT
 from ssvae.store import request_retrain
 
 
-def validate_config(config, schema_path):
-    """Stop before any job with one line naming the first invalid key and its value."""
-    schema = yaml.safe_load(Path(workflow.basedir, schema_path).read_text())
+def validate_config(config):
+    """Stop before any job with one line naming the first invalid key and its value,
+    against the package's schema (src/ssvae/config.schema.yaml), where settings are defined."""
     try:
-        validate(config, schema)
+        validate(config)
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
 
 
 # Before the paths below, which follow the config.
-validate_config(config, "schemas/config.schema.yaml")
+validate_config(config)
 
 # MNIST and the labeled splits are the same for every configuration: shared, identified by
 # their content.

@@ -1,46 +1,32 @@
-"""The models of the comparison, by the name a run's config gives."""
+"""The models of the comparison, by the name a run's config gives, and what planning needs to
+know of each without importing torch: where it is defined and whether it has a decoder. The
+settings each model takes are the config schema's (ssvae.config)."""
 
-import torch
+from dataclasses import dataclass
+from importlib import import_module
 
-from ssvae.models.approx_m2 import ApproxM2
-from ssvae.models.base import Model, SemiSupervisedVAE
-from ssvae.models.exact_m2 import ExactM2
-from ssvae.models.gumbel_softmax_m2 import GumbelSoftmaxM2, STGumbelSoftmaxM2
-from ssvae.models.log_gamma import LogGamma
-from ssvae.models.logistic_normal import LogisticNormal
-from ssvae.models.logistic_normal_m2 import LogisticNormalM2, STLogisticNormalM2
-from ssvae.models.mlp import MLP
-from ssvae.nn import SeedRandom
 
-__all__ = ["MODELS", "Model", "SemiSupervisedVAE", "build_model"]
+@dataclass(frozen=True)
+class ModelEntry:
+    module: str  # in ssvae.models
+    # A decoder p(x|y,z): the model learns from the unlabeled images too, and has samples and
+    # z statistics to show. The one place this trait is said.
+    has_decoder: bool = True
 
-MODELS: dict[str, type[Model]] = {
-    model.__name__: model
-    for model in (
-        ExactM2,
-        ApproxM2,
-        GumbelSoftmaxM2,
-        STGumbelSoftmaxM2,
-        LogisticNormalM2,
-        STLogisticNormalM2,
-        LogisticNormal,
-        LogGamma,
-        MLP,
-    )
+
+MODELS = {
+    "ExactM2": ModelEntry("exact_m2"),
+    "ApproxM2": ModelEntry("approx_m2"),
+    "GumbelSoftmaxM2": ModelEntry("gumbel_softmax_m2"),
+    "STGumbelSoftmaxM2": ModelEntry("gumbel_softmax_m2"),
+    "LogisticNormalM2": ModelEntry("logistic_normal_m2"),
+    "STLogisticNormalM2": ModelEntry("logistic_normal_m2"),
+    "LogisticNormal": ModelEntry("logistic_normal"),
+    "LogGamma": ModelEntry("log_gamma"),
+    "MLP": ModelEntry("mlp", has_decoder=False),
 }
 
 
-def build_model(name: str, params: dict, input_dropout: float, classifier_weight: float,
-                z_noise_std: float, seeds: list[int],
-                device: torch.device | str = "cpu") -> Model:  # fmt: skip
-    """The model for `seeds` (one set of weights each), on `device`, initialised from each
-    seed's own random stream, which its training draws then continue."""
-    cls = MODELS[name]
-    settings = cls.resolve_params(params)
-    random = SeedRandom(seeds, device)
-    if cls.has_decoder:
-        model = cls(random, input_dropout, classifier_weight, z_noise_std, **settings)
-    else:
-        model = cls(random, input_dropout, classifier_weight)
-    model.to(random.device).reset_parameters()
-    return model
+def model_class(name: str) -> type:
+    """The class of model `name` (importing it imports torch)."""
+    return getattr(import_module(f"ssvae.models.{MODELS[name].module}"), name)

@@ -1,4 +1,4 @@
-"""ApproxM2: one y ~ q(y|x) per unlabeled example, trained by REINFORCE (spec 3.3)."""
+"""ApproxM2: one y ~ q(y|x) per unlabeled example, trained by REINFORCE (docs/original.md 3.3)."""
 
 import torch.nn.functional as F
 

@@ -1,4 +1,5 @@
-"""What every model shares: the classifier terms, and the semi-supervised objective (spec 3.1).
+"""What every model shares: the classifier terms, and the semi-supervised objective
+(docs/original.md 3.1).
 
 Tensors are (seeds, batch, ...) and every term is per seed (ssvae.nn): the objective a step
 differentiates is one value per seed, as is every logged metric.
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssvae.config import resolve_params
+from ssvae.models import MODELS, model_class
 from ssvae.nn import (
     N_CLASSES,
     ClassifierNet,
@@ -25,14 +28,6 @@ from ssvae.nn import (
 from ssvae.schedules import Annealing
 
 LOG_N_CLASSES = math.log(N_CLASSES)  # -log p(y) under the uniform prior
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One model-specific setting of a run's `params`."""
-
-    default: float | None = None  # None: every run must give it (sharpening, spec 7.1)
-    positive: bool = True
 
 
 @dataclass
@@ -55,12 +50,11 @@ class StepResult:
 
 
 class Model(nn.Module):
-    """A model of the comparison: the q(y|x) classifier, plus whatever it adds around it."""
+    """A model of the comparison: the q(y|x) classifier, plus whatever it adds around it. A
+    model's own settings (a run's params: sharpening, kl_factor, ...) arrive as keyword
+    arguments of its constructor; their defaults, bounds and reasons are in the config schema
+    ($defs/params)."""
 
-    # A decoder p(x|y,z): the model learns from the unlabeled images too, and has samples and
-    # z statistics to show. The one place this trait is said.
-    has_decoder = False
-    settings: dict[str, Setting] = {}
     # q(y|x) ends in one clipped logit head; LogisticNormal asks for two unclipped ones.
     classifier_outputs = 1
     clip_logits = True
@@ -73,24 +67,9 @@ class Model(nn.Module):
             random, input_dropout, self.classifier_outputs, self.clip_logits
         )
 
-    @classmethod
-    def resolve_params(cls, params: dict) -> dict[str, float]:
-        """Every setting of the model, defaults filled in; ValueError names the first bad one."""
-        for name, value in params.items():
-            if name not in cls.settings:
-                raise ValueError(f"{name}: not a setting of model {cls.__name__}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name}: must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name}: must be a finite number, got {value!r}")
-            if cls.settings[name].positive and value <= 0:
-                raise ValueError(f"{name}: must be positive, got {value!r}")
-        missing = [
-            name for name, s in cls.settings.items() if s.default is None and name not in params
-        ]
-        if missing:
-            raise ValueError(f"{missing[0]}: model {cls.__name__} needs it set explicitly")
-        return {name: float(params.get(name, s.default)) for name, s in cls.settings.items()}
+    @property
+    def has_decoder(self) -> bool:
+        return MODELS[type(self).__name__].has_decoder
 
     def reset_parameters(self) -> None:
         init_uniform_(self, self.random)
@@ -98,7 +77,7 @@ class Model(nn.Module):
     def logged_hyperparameters(self, annealing: Annealing) -> dict[str, float]:
         """What the original logs each epoch under hyperparameters/ beside the annealing
         coefficients: the annealed sharpening, the run's sharpening times its multiplier."""
-        if "sharpening" not in self.settings:
+        if not hasattr(self, "sharpening"):
             return {}
         return {"sharpening": self.sharpening * annealing.sharpening}
 
@@ -125,8 +104,6 @@ class SemiSupervisedVAE(Model):
     M2 family's (one-hot y), which LogisticNormal and LogGamma replace with their own.
     """
 
-    has_decoder = True
-
     def __init__(self, random: SeedRandom, input_dropout: float, classifier_weight: float,
                  z_noise_std: float):  # fmt: skip
         super().__init__(random, input_dropout, classifier_weight)
@@ -143,7 +120,8 @@ class SemiSupervisedVAE(Model):
         return z, mu, logcov2
 
     def reconstruction_nll(self, a: torch.Tensor, z: torch.Tensor, x: torch.Tensor):
-        """-log p(x | a, z); training adds N(0, 0.05^2) noise to z, after the KL (spec 2.4)."""
+        """-log p(x | a, z); training adds N(0, 0.05^2) noise to z, after the KL (docs/original.md
+        2.4)."""
         if self.training and self.z_noise_std > 0:
             z = z + self.z_noise_std * self.random.randn_like(z)
         return bernoulli_nll(self.decoder(a, z), x)
@@ -155,6 +133,8 @@ class SemiSupervisedVAE(Model):
         return mu, logcov2, gaussian_kl(mu, logcov2), self.reconstruction_nll(a, z, x)
 
     def labeled(self, x: torch.Tensor, y: torch.Tensor, annealing: Annealing) -> PathTerms:
+        """L(x,y) = KL_Z(x,y) + nllX(x | y, z) + log 10 with z ~ q(z|x,y): the M2 family's
+        labeled bound, log 10 being -log p(y) under the uniform prior (docs/original.md 3.2)."""
         hx = self.classifier.hidden(x, Subgraph.LABELED)
         onehot = F.one_hot(y, N_CLASSES).to(x.dtype)
         mu, logcov2, kl_z_per_dim, nll_x = self.z_and_reconstruction(
@@ -180,7 +160,8 @@ class SemiSupervisedVAE(Model):
             annealing.bound * (unl.surrogate.sum(-1) + lab.surrogate.sum(-1))
             + annealing.classifier * self.classifier_weight * ce
         )
-        # Both bounds are normalised by the unlabeled batch size, as in the original (spec 7.20).
+        # Both bounds are normalised by the unlabeled batch size, as in the original
+        # (docs/original.md 7.20).
         bound_u = unl.bound.sum(-1) / n_unlabeled
         bound_l = lab.bound.sum(-1) / n_unlabeled
         metrics |= {
@@ -211,3 +192,20 @@ class LatentClassVAE(SemiSupervisedVAE):
 
     def labeled(self, x, y, annealing):
         return self.vae_path(x, Subgraph.LABELED, annealing, y)
+
+
+def build_model(name: str, params: dict, input_dropout: float, classifier_weight: float,
+                z_noise_std: float, seeds: list[int],
+                device: torch.device | str = "cpu") -> Model:  # fmt: skip
+    """The model for `seeds` (one set of weights each), on `device`, initialised from each
+    seed's own random stream, which its training draws then continue. The model takes its
+    params (defaults filled in) as keywords."""
+    random = SeedRandom(seeds, device)
+    settings = resolve_params(name, params)
+    cls = model_class(name)
+    if MODELS[name].has_decoder:
+        model = cls(random, input_dropout, classifier_weight, z_noise_std, **settings)
+    else:
+        model = cls(random, input_dropout, classifier_weight)
+    model.to(random.device).reset_parameters()
+    return model

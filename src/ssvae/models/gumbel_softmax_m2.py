@@ -1,12 +1,10 @@
-"""GumbelSoftmaxM2: y relaxed as softmax(s * (logits + Gumbel noise)) (spec 3.4)."""
+"""GumbelSoftmaxM2: y relaxed as softmax(s * (logits + Gumbel noise)) (docs/original.md 3.4)."""
 
-from ssvae.models.base import Setting
 from ssvae.models.sampled_m2 import SampledM2
 from ssvae.nn import gumbel_noise, relaxed_one_hot
 
 
 class GumbelSoftmaxM2(SampledM2):
-    settings = {"sharpening": Setting()}  # the inverse temperature; explicit per run
     straight_through = False
 
     def __init__(self, random, input_dropout, classifier_weight, z_noise_std, sharpening: float):

@@ -1,17 +1,15 @@
 """LogGamma: a Dirichlet class latent through independent log-Gamma variates u_k ~ LogGamma(beta_k),
-alpha = softmax(s * u), trained with a score-function term on both paths (spec 3.7)."""
+alpha = softmax(s * u), trained with a score-function term on both paths (docs/original.md 3.7)."""
 
 import torch
 import torch.nn.functional as F
 
-from ssvae.models.base import LatentClassVAE, PathTerms, Setting
+from ssvae.models.base import LatentClassVAE, PathTerms
 from ssvae.nn import N_CLASSES, Subgraph, sample_log_gamma
 from ssvae.schedules import Annealing
 
 
 class LogGamma(LatentClassVAE):
-    settings = {"sharpening": Setting(), "betaprior": Setting(default=0.2)}
-
     def __init__(self, random, input_dropout, classifier_weight, z_noise_std, sharpening,
                  betaprior):  # fmt: skip
         super().__init__(random, input_dropout, classifier_weight, z_noise_std)
@@ -20,10 +18,13 @@ class LogGamma(LatentClassVAE):
 
     def logged_hyperparameters(self, annealing: Annealing) -> dict[str, float]:
         # The prior's beta0; the original's annealBP moves it from betaprior to finalbeta, both
-        # 0.2 in the experiment, so it is constant (spec 3.7, 4.5).
+        # 0.2 in the experiment, so it is constant (docs/original.md 3.7, 4.5).
         return super().logged_hyperparameters(annealing) | {"betaprior": self.betaprior}
 
     def vae_path(self, x, subgraph: Subgraph, annealing: Annealing, y=None) -> PathTerms:
+        """U(x) = KL_lg + KL_Z + nllX(x | alpha, z), alpha = softmax(s * u), u ~ LogGamma(beta);
+        L(x,y) adds nllY = psi(sum beta) - psi(beta_y), beta shifted by onehot(y); both add
+        stopgrad(a_KLZ * KL_Z + nllX) * log q(u|beta) to the surrogate (docs/original.md 3.7)."""
         hx = self.classifier.hidden(x, subgraph)
         beta = self.classifier.heads(hx, subgraph)[0].exp()  # clipped logits: beta in [e^-5, e^5]
         if y is not None:

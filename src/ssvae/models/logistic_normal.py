@@ -1,25 +1,17 @@
 """LogisticNormal: a continuous class latent alpha = softmax(s * v), v ~ N(mu_alpha, sigma_alpha^2),
-which both the decoder and p(y|alpha) = Cat(alpha) read (spec 3.6)."""
+which both the decoder and p(y|alpha) = Cat(alpha) read (docs/original.md 3.6)."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
-from ssvae.models.base import LatentClassVAE, PathTerms, Setting
+from ssvae.models.base import LatentClassVAE, PathTerms
 from ssvae.nn import N_CLASSES, Subgraph, gaussian_kl
 from ssvae.schedules import Annealing
 
 
 class LogisticNormal(LatentClassVAE):
-    settings = {
-        "sharpening": Setting(),
-        # The original draws the noise from N(1, 1) (Theano's normal(shape, 1): spec 7.3);
-        # 0.0 gives the intended N(0, 1).
-        "eps_mean": Setting(default=1.0, positive=False),
-        # A label shifts mu_alpha[y] by softplus(posterior_val), about 0.0025 (spec 7.17).
-        "posterior_val": Setting(default=-6.0, positive=False),
-    }
     classifier_outputs = 2  # mu_alpha and logcov2_alpha
     clip_logits = False
 
@@ -36,6 +28,9 @@ class LogisticNormal(LatentClassVAE):
         return F.log_softmax(self.sharpening * annealing.sharpening * v, dim=-1)
 
     def vae_path(self, x, subgraph: Subgraph, annealing: Annealing, y=None) -> PathTerms:
+        """U(x) = KL_alpha + KL_Z + nllX(x | alpha, z) with alpha = softmax(s * v), v ~
+        N(mu_alpha, sigma_alpha^2); L(x,y) adds -log alpha_y, its mu_alpha[y] shifted by
+        softplus(posterior_val) (docs/original.md 3.6)."""
         hx = self.classifier.hidden(x, subgraph)
         mu_alpha, logcov2_alpha = self.classifier.heads(hx, subgraph)
         if y is not None:
@@ -60,7 +55,8 @@ class LogisticNormal(LatentClassVAE):
         )
 
     def classifier_log_probs(self, x, annealing):
-        """Training: a sampled, sharpened alpha; evaluation: softmax(mu_alpha) (spec 7.18)."""
+        """Training: a sampled, sharpened alpha; evaluation: softmax(mu_alpha) (docs/original.md
+        7.18)."""
         hx = self.classifier.hidden(x, Subgraph.CLASSIFIER)
         mu_alpha, logcov2_alpha = self.classifier.heads(hx, Subgraph.CLASSIFIER)
         if self.training:

@@ -1,4 +1,5 @@
-"""LogisticNormalM2: as GumbelSoftmaxM2, with Gaussian instead of Gumbel noise (spec 3.5)."""
+"""LogisticNormalM2: as GumbelSoftmaxM2, with Gaussian instead of Gumbel noise (docs/original.md
+3.5)."""
 
 from ssvae.models.gumbel_softmax_m2 import GumbelSoftmaxM2
 from ssvae.nn import relaxed_one_hot
@@ -12,6 +13,6 @@ class LogisticNormalM2(GumbelSoftmaxM2):
 
 
 class STLogisticNormalM2(LogisticNormalM2):
-    """Not in the original's comparison; ported for completeness (spec 3.5)."""
+    """Not in the original's comparison; ported for completeness (docs/original.md 3.5)."""
 
     straight_through = True

@@ -1,4 +1,4 @@
-"""MLP: the q(y|x) network alone, trained on the 100 labeled images (spec 3.9)."""
+"""MLP: the q(y|x) network alone, trained on the 100 labeled images (docs/original.md 3.9)."""
 
 from ssvae.models.base import Model, StepResult
 
