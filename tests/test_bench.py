@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from ssvae import bench, train
+from ssvae import bench, step
 from ssvae.config import run_settings
+from ssvae.images import seed_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BATCH = 100
@@ -66,12 +67,15 @@ def config() -> dict:
     return yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
 
 
+def training(config: dict, run: str, seeds: list[int], prepared_mnist: Path) -> step.Training:
+    cfg = run_settings(config, run, seed=1)
+    images = seed_images(prepared_mnist, seeds, torch.device("cpu"))
+    return step.Training.start(cfg, images, seeds, torch.device("cpu"))
+
+
 def counted_flops(config: dict, run: str, prepared_mnist: Path) -> int:
     """What the bench counts for one seed's step of `run`."""
-    cfg = run_settings(config, run, seed=1)
-    images = bench.load_images(prepared_mnist, [cfg.seed], torch.device("cpu"))
-    model, optimizer = train.build_training(cfg, [cfg.seed], torch.device("cpu"))
-    return bench.step_flops(model, optimizer, images, cfg)
+    return bench.step_flops(training(config, run, [1], prepared_mnist))
 
 
 @pytest.mark.parametrize("run", sorted(HAND_COUNTS))
@@ -85,15 +89,11 @@ def test_ten_seeds_together_dispatch_under_an_eighth_of_the_operators_per_seed(
 ) -> None:
     """A step's operators (each one or more kernel launches on a GPU) are nearly the same for
     one seed and for ten: the seeds share every operator, and their matmul FLOPs add up."""
-    cfg = run_settings(config, run, seed=1)
     counts = {}
     for n_seeds in (1, 10):
-        seeds = list(range(1, n_seeds + 1))
-        device = torch.device("cpu")
-        images = bench.load_images(prepared_mnist, seeds, device)
-        model, optimizer = train.build_training(cfg, seeds, device)
-        counts[n_seeds] = bench.step_operators(model, optimizer, images, cfg)
-        assert bench.step_flops(model, optimizer, images, cfg) == n_seeds * HAND_COUNTS[run]
+        pack = training(config, run, list(range(1, n_seeds + 1)), prepared_mnist)
+        counts[n_seeds] = bench.step_operators(pack)
+        assert bench.step_flops(pack) == n_seeds * HAND_COUNTS[run]
     assert counts[10] / 10 <= counts[1] / 8
 
 

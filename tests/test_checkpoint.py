@@ -14,12 +14,12 @@ import pytest
 import torch
 from run_contents import run_file_contents
 
-from ssvae import checkpoint, data, store, train
+from ssvae import checkpoint, data, job, store, train
 from ssvae.checkpoint import CheckpointMismatch
 from ssvae.config import TrainConfig
 from ssvae.io import hold_lock
+from ssvae.loop import Preempted
 from ssvae.splits import write_split
-from ssvae.train import Preempted
 
 SEED = 4
 # ApproxM2 draws y and z from the RNG at every step: any RNG state not restored shows up.
@@ -132,7 +132,7 @@ def preempted_checkpoint(small_mnist: Path, split: Path, directory: Path) -> Pat
     """A checkpoint written by a run stopped before its first step."""
     ckpt = directory / "checkpoint.pt"
     with pytest.raises(Preempted, match="checkpoint written to"):
-        train.train(
+        job.train(
             TrainConfig.from_dict(RUN), small_mnist, split, directory / "metrics.h5",
             torch.device("cpu"), log=lambda *a, **k: None, checkpoint_path=ckpt,
             stop=lambda: True,
@@ -160,7 +160,7 @@ def test_a_checkpoint_of_other_settings_or_code_is_refused(
         checkpoint.save(ckpt, state)
     before = ckpt.read_bytes()
     with pytest.raises(CheckpointMismatch, match=named) as refused:
-        train.train(cfg, small_mnist, split, tmp_path / "metrics.h5", torch.device("cpu"),
+        job.train(cfg, small_mnist, split, tmp_path / "metrics.h5", torch.device("cpu"),
               log=lambda *a, **k: None, checkpoint_path=ckpt)  # fmt: skip
     assert str(ckpt) in str(refused.value) and "delete it" in str(refused.value)
     assert ckpt.read_bytes() == before  # refused, not overwritten
@@ -308,7 +308,7 @@ def test_a_second_trainer_of_the_same_run_file_is_refused(
     small_mnist: Path, split: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "metrics.h5"
-    with hold_lock(train.SeedFiles(split, out).lock, "training it"):
+    with hold_lock(job.SeedFiles(split, out).lock, "training it"):
         result = subprocess.run(train_command(small_mnist, split, out), capture_output=True,
                                 text=True)  # fmt: skip
     assert result.returncode == 1

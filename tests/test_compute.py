@@ -9,9 +9,10 @@ import torch
 import torch._dynamo
 from labeled_split import SPLIT_SEED
 
-from ssvae import compute, runfile, train
+from ssvae import compute, job, runfile, step
 from ssvae.compute import GUARDED_CALLS, error_summary
 from ssvae.config import TrainConfig
+from ssvae.images import load_images
 from ssvae.splits import read_split
 
 CPU = torch.device("cpu")
@@ -53,9 +54,9 @@ def test_compiled_step_gives_the_eager_numbers(
     histories = {}
     for compiled in (False, True):
         out = tmp_path / f"compiled_{compiled}.h5"
-        train.train(cfg, small_mnist, small_split, out, CPU, log=quiet, compiled=compiled)
+        job.train(cfg, small_mnist, small_split, out, CPU, log=quiet, compiled=compiled)
         attrs = runfile.read_attrs(out)
-        assert (attrs["compiled_step"], attrs["step_compiled"]) == (compiled, compiled)
+        assert (attrs["compile_requested"], attrs["step_compiled"]) == (compiled, compiled)
         assert attrs["compile_fallback"] == ""
         histories[compiled] = runfile.read_history(out)
     for split in ("train", "valid", "test"):
@@ -83,15 +84,14 @@ def replay_steps(cfg: TrainConfig, data: Path, split: Path, compiled: bool, monk
 
     for name in RANDOM_DRAWS:
         monkeypatch.setattr(torch, name, recording(name))
-    images = train.load_images(data, [read_split(split)], CPU)
-    model, optimizer = train.build_training(cfg, [cfg.seed], CPU)
-    step_fn = train.training_step(model, images, compiled, log=quiet)
-    progress = train.EpochProgress.start(0, images, model.random)
+    images = load_images(data, [read_split(split)], CPU)
+    model, optimizer = step.build_training(cfg, [cfg.seed], CPU)
+    step_fn = step.training_step(model, images, compiled, log=quiet)
+    progress = step.EpochProgress.start(0, images, model.random)
     steps = []
     for target in range(1, cfg.steps_per_epoch + 1):
         drawn.clear()
-        train.train_steps(model, optimizer, step_fn, images, cfg, progress,
-                          stop=lambda target=target: progress.steps_done >= target)  # fmt: skip
+        step.train_steps(model, optimizer, step_fn, images, cfg, progress, until=target)
         steps.append(
             {
                 "drawn": [(name, tensor.detach().clone()) for name, tensor in drawn],
@@ -159,17 +159,17 @@ def test_a_step_that_fails_to_compile_trains_eagerly(
     cfg = short_config("ApproxM2")
     lines = []
     fallback_out = tmp_path / "fallback.h5"
-    train.train(cfg, small_mnist, small_split, fallback_out, CPU,
+    job.train(cfg, small_mnist, small_split, fallback_out, CPU,
                 log=lambda line, **kwargs: lines.append(line), compiled=True)  # fmt: skip
     eager_out = tmp_path / "eager.h5"
-    train.train(cfg, small_mnist, small_split, eager_out, CPU, log=quiet, compiled=False)
+    job.train(cfg, small_mnist, small_split, eager_out, CPU, log=quiet, compiled=False)
 
     failures = [line for line in lines if "compiling the step failed" in line]
     assert len(failures) == 1
     assert failures[0].endswith("; training eagerly")
     assert "RuntimeError" in failures[0] and "\n" not in failures[0]
     attrs = runfile.read_attrs(fallback_out)
-    assert attrs["compiled_step"]  # what was asked for
+    assert attrs["compile_requested"]  # what was asked for
     assert (attrs["step_compiled"], attrs["step_captured"]) == (False, False)
     assert attrs["compile_fallback"] in failures[0]
     fallback, eager = runfile.read_history(fallback_out), runfile.read_history(eager_out)
@@ -197,11 +197,11 @@ def test_a_failure_after_the_guarded_calls_is_not_hidden(
 
     monkeypatch.setattr(compute, "compile_forward", compiled_then_failing)
     cfg = short_config("MLP")
-    images = train.load_images(small_mnist, [read_split(small_split)], CPU)
-    model, _ = train.build_training(cfg, [cfg.seed], CPU)
-    step_fn = train.training_step(model, images, compiled=True, log=quiet)
+    images = load_images(small_mnist, [read_split(small_split)], CPU)
+    model, _ = step.build_training(cfg, [cfg.seed], CPU)
+    step_fn = step.training_step(model, images, compiled=True, log=quiet)
     index = torch.arange(20).unsqueeze(0)
-    coefficients = train.annealing_coefficients(0, cfg, CPU)[0]
+    coefficients = step.annealing_coefficients(0, cfg, CPU)[0]
     for _ in range(GUARDED_CALLS):
         step_fn(index, coefficients)
     with pytest.raises(RuntimeError, match="out of memory"):

@@ -13,12 +13,12 @@ from model_inputs import binary_images, labels, onehot
 
 from ssvae import data, runfile
 from ssvae.config import MODEL_PARAMS, TrainConfig, resolve_params
+from ssvae.job import train
 from ssvae.models import MODELS, gumbel_softmax_m2, log_gamma
 from ssvae.models.base import SemiSupervisedVAE, build_model
 from ssvae.nn import SeedRandom, Subgraph, gumbel_noise, relaxed_one_hot, sample_log_gamma
 from ssvae.schedules import Annealing
 from ssvae.splits import write_split
-from ssvae.train import train
 
 LOG_10 = math.log(10)
 LOGIT_CLIP = 5.0

@@ -9,10 +9,10 @@ import torch
 from labeled_split import split_file
 from run_contents import run_file_contents
 
-from ssvae import runfile, store, train
+from ssvae import job, loop, runfile, store
 from ssvae.config import MODEL_PARAMS, ConfigError, TrainConfig
+from ssvae.job import SeedFiles, TrainingDiverged, train_pack
 from ssvae.models import MODELS
-from ssvae.train import SeedFiles, TrainingDiverged, train_pack
 
 CPU = torch.device("cpu")
 PACK = [1, 2, 3]
@@ -78,7 +78,7 @@ def test_a_seed_in_a_pack_gets_the_numbers_it_gets_alone(
     files = pack_files(tmp_path / "pack", PACK, splits)
     train_pack(cfgs, small_mnist, files, CPU, log=quiet)
     alone = tmp_path / "alone.h5"
-    train.train(config(model), small_mnist, splits[2], alone, CPU, log=quiet)
+    job.train(config(model), small_mnist, splits[2], alone, CPU, log=quiet)
     assert_same_numbers(files[1].out, alone)
     attrs = runfile.read_attrs(files[1].out)
     assert (attrs["seed"], list(attrs["seeds_in_job"])) == (2, PACK)
@@ -96,7 +96,7 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
     """Seed 4's weights are made non-finite: its loss is NaN from the first step. Seed 5 beside
     it finishes with the numbers it gets alone; seed 4 keeps its epochs in metrics.diverged.h5
     and the job says so."""
-    build = train.build_training
+    build = loop.build_training
 
     def poisoned_first_seed(cfg, seeds, device):
         model, optimizer = build(cfg, seeds, device)
@@ -105,7 +105,7 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
                 model.classifier.outputs[0].bias[0] = float("nan")
         return model, optimizer
 
-    monkeypatch.setattr(train, "build_training", poisoned_first_seed)
+    monkeypatch.setattr(loop, "build_training", poisoned_first_seed)
     cfgs = [config("ExactM2", seed, epochs=2) for seed in (4, 5)]
     files = pack_files(tmp_path / "pack", [4, 5], splits, checkpoints=True)
     result_store = store.ResultStore(tmp_path / "store")
@@ -115,9 +115,9 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
     assert store.pending_retrain(files[0].out) is None
     assert "seed 5" not in str(error.value)
     assert not files[0].out.exists()
-    assert runfile.read_attrs(train.diverged_path(files[0].out))["status"] == "diverged"
+    assert runfile.read_attrs(runfile.diverged_path(files[0].out))["status"] == "diverged"
     alone = tmp_path / "alone.h5"
-    train.train(config("ExactM2", 5, epochs=2), small_mnist, splits[5], alone, CPU, log=quiet)
+    job.train(config("ExactM2", 5, epochs=2), small_mnist, splits[5], alone, CPU, log=quiet)
     assert_same_numbers(files[1].out, alone)
     # Snakemake deletes a failed job's outputs; the rerun takes seed 5 from the result store
     # and does not train seed 4 again (the same computation would diverge again).
@@ -145,12 +145,12 @@ def test_a_seed_stopped_before_its_first_step_resumes_beside_a_fresh_one(
     """Seed 4's checkpoint is from before any step (the job was stopped at once); seed 5 has
     none. The job trains each from where it stands, and each gets its numbers alone."""
     files = pack_files(tmp_path / "pack", [4, 5], splits, checkpoints=True)
-    with pytest.raises(train.Preempted):
-        train.train(config("MLP", 4), small_mnist, splits[4], files[0].out, CPU, log=quiet,
+    with pytest.raises(loop.Preempted):
+        job.train(config("MLP", 4), small_mnist, splits[4], files[0].out, CPU, log=quiet,
                     checkpoint_path=files[0].checkpoint, stop=lambda: True)  # fmt: skip
     assert files[0].checkpoint.exists()
     train_pack([config("MLP", 4), config("MLP", 5)], small_mnist, files, CPU, log=quiet)
     for seed, seed_files in zip((4, 5), files, strict=True):
         alone = tmp_path / f"alone{seed}.h5"
-        train.train(config("MLP", seed), small_mnist, splits[seed], alone, CPU, log=quiet)
+        job.train(config("MLP", seed), small_mnist, splits[seed], alone, CPU, log=quiet)
         assert_same_numbers(seed_files.out, alone)

@@ -17,9 +17,11 @@ from labeled_split import split_file
 import ssvae
 from ssvae import compute, runfile
 from ssvae.config import ConfigError, TrainConfig
+from ssvae.job import TrainingDiverged, train
 from ssvae.models.mlp import MLP
 from ssvae.nn import SeedLinear
-from ssvae.train import TrainingDiverged, add_l2_term, clip_grad_norms, diverged_path, train
+from ssvae.runfile import diverged_path
+from ssvae.step import add_l2_term, clip_grad_norms
 
 # Small batches keep the CPU time down; 20 unlabeled images still give ExactM2 the 200
 # class-enumerated q(z|.) rows from which the last 100 are kept.

@@ -13,26 +13,24 @@ Writes the table to stdout and everything to results/bench/bench.json.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssvae import compute, runfile, train
+from ssvae import bench_workflow, compute, loop, runfile, step
 from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
-from ssvae.figures import comparison_path
+from ssvae.images import seed_images
 from ssvae.nn import SeedLinear
-from ssvae.splits import labeled_indices
 
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 WINDOWS = 5  # the measured window is timed in this many parts; rates are their median
@@ -71,13 +69,6 @@ def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
     return statistics.median(rates)
 
 
-def load_images(data_path: Path, seeds: list[int], device: torch.device) -> train.Images:
-    arrays = np.load(data_path)
-    splits = [{"indices": labeled_indices(arrays["train_y"], seed).tolist()} for seed in seeds]
-    arrays.close()
-    return train.load_images(data_path, splits, device)
-
-
 class OperatorCount(TorchDispatchMode):
     """Counts the torch operators dispatched while it is active."""
 
@@ -90,52 +81,41 @@ class OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_operators(model, optimizer, images, cfg: TrainConfig) -> int:
+def step_operators(training: step.Training) -> int:
     """Operators of one whole eager training step (batch, forward, backward, L2, clipping,
-    Adam) for all the seeds of the model."""
-    step_fn = train.training_step(model, images, compiled=False)
+    Adam) for all the seeds of the model; the step is taken."""
+    eager = replace(training, step_fn=step.training_step(training.model, training.images, False))
     with OperatorCount() as counter:
-        time_steps(model, optimizer, step_fn, images, cfg, 1)
+        eager.run(1)
+    training.progress = eager.progress
     return counter.count
 
 
-def step_flops(model, optimizer, images, cfg: TrainConfig) -> int:
-    """Matmul FLOPs of one training step: the forward pass and its backward pass."""
-    seeds = model.random.seeds
-    index = torch.arange(cfg.batch_size, device=images.train_x.device).expand(seeds, -1)
-    coefficients = train.annealing_coefficients(0, cfg, images.train_x.device)[-1]
-    step_fn = train.training_step(model, images, compiled=False)
+def step_flops(training: step.Training) -> int:
+    """Matmul FLOPs of one training step: the forward pass and its backward pass (the step is
+    not applied)."""
+    n_seeds = training.model.random.n_seeds
+    device = training.images.train_x.device
+    index = torch.arange(training.cfg.batch_size, device=device).expand(n_seeds, -1)
+    coefficients = step.annealing_coefficients(0, training.cfg, device)[-1]
+    eager = step.training_step(training.model, training.images, compiled=False)
     with FlopCounterMode(display=False) as counter:
-        step_fn(index, coefficients)
-    optimizer.zero_grad(set_to_none=True)
+        eager(index, coefficients)
+    training.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def time_steps(model, optimizer, step_fn, images, cfg: TrainConfig, n_steps: int) -> float:
+def time_steps(training: step.Training, n_steps: int) -> float:
     """Seconds for n_steps training steps, across epoch boundaries as training crosses them."""
-    device = images.train_x.device
-    done, epoch = 0, 0
+    device = training.images.train_x.device
     synchronize(device)
     started = time.perf_counter()
-    while done < n_steps:
-        progress = train.EpochProgress.start(epoch, images, model.random)
-        target = min(cfg.steps_per_epoch, n_steps - done)
-        train.train_steps(
-            model,
-            optimizer,
-            step_fn,
-            images,
-            cfg,
-            progress,
-            stop=lambda progress=progress, target=target: progress.steps_done >= target,
-        )
-        done += progress.steps_done
-        epoch += 1
+    training.run(n_steps)
     synchronize(device)
     return time.perf_counter() - started
 
 
-def subnormal_shares(model, optimizer, step_fn, images, cfg: TrainConfig) -> dict:
+def subnormal_shares(training: step.Training) -> dict:
     """The share of subnormal values in what one training step touches: every Linear's input
     (the matmuls), the gradients and Adam's moments. The five largest of the inputs and the
     five largest of the rest, by name."""
@@ -144,6 +124,7 @@ def subnormal_shares(model, optimizer, step_fn, images, cfg: TrainConfig) -> dic
     def share(tensor: torch.Tensor) -> float:
         return ((tensor != 0) & (tensor.abs() < tiny)).float().mean().item()
 
+    model, optimizer = training.model, training.optimizer
     found = {}
     hooks = [
         module.register_forward_pre_hook(
@@ -153,7 +134,7 @@ def subnormal_shares(model, optimizer, step_fn, images, cfg: TrainConfig) -> dic
         if isinstance(module, SeedLinear)
     ]
     try:
-        time_steps(model, optimizer, step_fn, images, cfg, 1)
+        training.run(1)
     finally:
         for hook in hooks:
             hook.remove()
@@ -169,11 +150,11 @@ def subnormal_shares(model, optimizer, step_fn, images, cfg: TrainConfig) -> dic
     return {name: value for group in largest for name, value in group if value > 0}
 
 
-def time_evaluation(model, images, cfg: TrainConfig) -> float:
-    device = images.train_x.device
+def time_evaluation(training: step.Training) -> float:
+    device = training.images.train_x.device
     synchronize(device)
     started = time.perf_counter()
-    train.evaluate(model, *images.valid, cfg.batch_size)
+    loop.evaluate(training.model, *training.images.valid, training.cfg.batch_size)
     synchronize(device)
     return time.perf_counter() - started
 
@@ -187,47 +168,42 @@ def bench_run(
     steps: int,
     late_after: int = 0,
     log=print,
-    seeds: list[int] | None = None,
+    seed_ids: list[int] | None = None,
 ) -> dict:
     """Time the step from a fresh start and, with `late_after`, again once training has run that
     many steps on real MNIST: late states hold values a fresh one does not (subnormal floats).
-    With `seeds`, the step of those seeds trained together (default: the config's seed)."""
-    seeds = seeds or [cfg.seed]
-    images = load_images(data_path, seeds, device)
-    model, optimizer = train.build_training(cfg, seeds, device)
-    flops = step_flops(model, optimizer, images, cfg)
-    operators = step_operators(model, optimizer, images, cfg)
-    step_fn = train.training_step(model, images, compiled, log)
-    warmup_seconds = time_steps(model, optimizer, step_fn, images, cfg, warmup_steps)
+    With `seed_ids`, the step of those seeds trained together (default: the config's seed)."""
+    seed_ids = seed_ids or [cfg.seed]
+    images = seed_images(data_path, seed_ids, device)
+    training = step.Training.start(cfg, images, seed_ids, device, compiled, log)
+    flops = step_flops(training)
+    operators = step_operators(training)
+    warmup_seconds = time_steps(training, warmup_steps)
     # The median of several windows: on a shared machine a few seconds can run slow.
     per_window = max(1, steps // WINDOWS)
-    window_seconds = [
-        time_steps(model, optimizer, step_fn, images, cfg, per_window) for _ in range(WINDOWS)
-    ]
-    eval_seconds = time_evaluation(model, images, cfg)
+    window_seconds = [time_steps(training, per_window) for _ in range(WINDOWS)]
+    eval_seconds = time_evaluation(training)
     steps_per_s = per_window / statistics.median(window_seconds)
     steps_per_run = (cfg.epochs + 1) * cfg.steps_per_epoch
     late = {}
     trained = warmup_steps + per_window * WINDOWS
     if late_after > trained:
-        time_steps(model, optimizer, step_fn, images, cfg, late_after - trained)
-        late_seconds = [
-            time_steps(model, optimizer, step_fn, images, cfg, per_window) for _ in range(WINDOWS)
-        ]
+        time_steps(training, late_after - trained)
+        late_seconds = [time_steps(training, per_window) for _ in range(WINDOWS)]
         late = {
             "late_after_steps": late_after,
             "late_window_ms_per_step": [1000 * s / per_window for s in late_seconds],
             "late_ms_per_step": 1000 * statistics.median(late_seconds) / per_window,
-            "late_subnormal_shares": subnormal_shares(model, optimizer, step_fn, images, cfg),
+            "late_subnormal_shares": subnormal_shares(training),
         }
     return late | {
         "model": cfg.model,
-        "seeds": len(seeds),
-        "seed_steps_per_s": len(seeds) * steps_per_s,
+        "seeds": len(seed_ids),
+        "seed_steps_per_s": len(seed_ids) * steps_per_s,
         "operators_per_step": operators,
-        "operators_per_seed_step": operators / len(seeds),
+        "operators_per_seed_step": operators / len(seed_ids),
         # What ran: a step asked to compile that fell back to eager is timed eagerly.
-        "step": runfile.how_the_step_ran(step_fn.how_it_ran()),
+        "step": runfile.how_the_step_ran(training.step_fn.how_it_ran()),
         "steps_measured": per_window * WINDOWS,
         "window_ms_per_step": [1000 * seconds / per_window for seconds in window_seconds],
         "warmup_steps": warmup_steps,
@@ -242,36 +218,13 @@ def bench_run(
     }
 
 
-def bench_parallel_jobs(args, run: str, n_jobs: int) -> dict:
-    """n_jobs processes training the same run at once; their summed throughput."""
-    command = [
-        sys.executable,
-        "-m",
-        "ssvae.bench",
-        "--worker",
-        "--runs",
-        run,
-        "--config",
-        str(args.config),
-        "--data",
-        str(args.data),
-        "--device",
-        args.device,
-        "--warmup-steps",
-        str(args.warmup_steps),
-        "--steps",
-        str(args.steps),
-        "--compile",
-        args.compile,
-        "--threads",
-        str(args.threads),
-        "--tf32",
-        args.tf32,
-        "--flush-subnormals",
-        args.flush_subnormals,
-        "--late-after",
-        "0",  # the throughput of jobs side by side, from a fresh start
-    ]
+def bench_parallel_jobs(run: str, n_jobs: int, options: dict) -> dict:
+    """n_jobs processes training the same run at once, each a bench worker given `options`
+    (option -> value: --config, --data, --device, --compile, ...); their summed throughput."""
+    command = [sys.executable, "-m", "ssvae.bench", "--worker", "--runs", run]
+    # The throughput of jobs side by side, from a fresh start.
+    for option, value in (options | {"--late-after": "0"}).items():
+        command += [option, str(value)]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(n_jobs)]
     results = []
     for worker in workers:
@@ -290,66 +243,11 @@ def bench_parallel_jobs(args, run: str, n_jobs: int) -> dict:
     }
 
 
-def time_command(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-        sys.exit(f"ssvae.bench: error: {' '.join(command)} failed in {cwd}: {' '.join(tail)}")
-    return seconds
-
-
-def bench_workflow(checkout: Path, scratch: Path, mnist_sources: list[str], cores: int) -> dict:
-    """Dry run and no-op rebuild of the full comparison (9 runs x 10 seeds) of the repository
-    `checkout`, timed.
-
-    The no-op rebuild needs every output built once: in `scratch`, a copy of the workflow builds
-    the comparison with two training steps per run (the DAG, 90 training jobs and every other file
-    as in the full comparison; only the runs are short). Kept there for the next bench."""
-    snakemake = shutil.which("snakemake")
-    if snakemake is None:
-        sys.exit("ssvae.bench: error: snakemake is not on PATH (pip install -e .)")
-    scratch.mkdir(parents=True, exist_ok=True)
-    for name in ("workflow", "envs", "src"):
-        source, dest = checkout / name, scratch / name
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        if source.is_dir():
-            shutil.copytree(
-                source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-            )
-        else:
-            shutil.copy2(source, dest)
-    config = yaml.safe_load((checkout / "config.yaml").read_text())
-    short = config | {
-        "mnist_sources": mnist_sources,
-        "epochs": 1,
-        "steps_per_epoch": 1,
-        "train_resources": config["train_resources"] | {"threads": 1, "device": "cpu"},
-    }
-    short_config = scratch / "config.yaml"
-    if not short_config.exists() or yaml.safe_load(short_config.read_text()) != short:
-        short_config.write_text(yaml.safe_dump(short, sort_keys=False))
-    n_jobs = len(config["compare"]) * len(config["seeds"])
-    target = comparison_path(config["results_dir"], "multi_seed_accuracy")
-    # The target first: --resources takes several values and would swallow it.
-    base = [snakemake, target, "--cores", str(cores), "--resources", f"gpu={cores}"]
-    dry_run_from_scratch = None
-    if not (scratch / target).exists():
-        dry_run_from_scratch = time_command([*base, "--dry-run"], scratch)
-        print(f"building the short comparison ({n_jobs} training jobs) in {scratch}", flush=True)
-        build_seconds = time_command(base, scratch)
-        print(f"  built in {build_seconds:.0f} s", flush=True)
-    noop_seconds = time_command(base, scratch)
-    dry_run_built = time_command([*base, "--dry-run"], scratch)
-    return {
-        "training_jobs": n_jobs,
-        "dry_run_s": dry_run_from_scratch,
-        "dry_run_built_s": dry_run_built,
-        "noop_rebuild_s": noop_seconds,
-        "scratch": str(scratch),
-    }
+def worker_options(args: argparse.Namespace) -> dict[str, str]:
+    """The options of this bench that its parallel workers take too."""
+    names = ("config", "data", "device", "warmup_steps", "steps", "compile", "threads", "tf32",
+             "flush_subnormals")  # fmt: skip
+    return {f"--{name.replace('_', '-')}": str(getattr(args, name)) for name in names}
 
 
 def print_table(report: dict) -> None:
@@ -381,24 +279,7 @@ def print_table(report: dict) -> None:
                 f"({row['late_ms_per_step'] / row['ms_per_step']:.2f} x fresh); subnormal: "
                 f"{subnormal or 'none'}"
             )
-    packing = report.get("seeds_per_job", {})
-    if any(len(rows) > 1 for rows in packing.values()):
-        print(
-            f"\n{'run':<24} {'seeds':>5} {'ms/step':>8} {'seed-steps/s':>12} {'x 1 seed':>8} "
-            f"{'ops/seed-step':>13} {'x 1 seed':>8}  late ms/step"
-        )
-        for run, rows in packing.items():
-            alone = rows["1"]
-            for n_seeds, row in rows.items():
-                late = f"{row['late_ms_per_step']:.1f}" if "late_ms_per_step" in row else "-"
-                print(
-                    f"{run:<24} {n_seeds:>5} {row['ms_per_step']:>8.1f} "
-                    f"{row['seed_steps_per_s']:>12.2f} "
-                    f"{row['seed_steps_per_s'] / alone['seed_steps_per_s']:>8.2f} "
-                    f"{row['operators_per_seed_step']:>13.1f} "
-                    f"{row['operators_per_seed_step'] / alone['operators_per_seed_step']:>8.3f}"
-                    f"  {late}"
-                )
+    print_packing(report.get("seeds_per_job", {}))
     for row in report.get("parallel_jobs", []):
         per_job = ", ".join(f"{rate:.1f}" for rate in row["steps_per_s_per_job"])
         print(
@@ -416,7 +297,28 @@ def print_table(report: dict) -> None:
         print(f"snakemake no-op rebuild: {workflow['noop_rebuild_s']:.2f} s")
 
 
-def parse_args(argv):
+def print_packing(packing: dict) -> None:
+    """Seeds trained together against one seed alone, per run."""
+    if any(len(rows) > 1 for rows in packing.values()):
+        print(
+            f"\n{'run':<24} {'seeds':>5} {'ms/step':>8} {'seed-steps/s':>12} {'x 1 seed':>8} "
+            f"{'ops/seed-step':>13} {'x 1 seed':>8}  late ms/step"
+        )
+        for run, rows in packing.items():
+            alone = rows["1"]
+            for n_seeds, row in rows.items():
+                late = f"{row['late_ms_per_step']:.1f}" if "late_ms_per_step" in row else "-"
+                print(
+                    f"{run:<24} {n_seeds:>5} {row['ms_per_step']:>8.1f} "
+                    f"{row['seed_steps_per_s']:>12.2f} "
+                    f"{row['seed_steps_per_s'] / alone['seed_steps_per_s']:>8.2f} "
+                    f"{row['operators_per_seed_step']:>13.1f} "
+                    f"{row['operators_per_seed_step'] / alone['operators_per_seed_step']:>8.3f}"
+                    f"  {late}"
+                )
+
+
+def command_line():
     parser = entry_point_parser("python -m ssvae.bench", __doc__.splitlines()[0])
     parser.add_argument(
         "--config", type=Path, default=Path("config.yaml"), help="the workflow's config"
@@ -472,6 +374,11 @@ def parse_args(argv):
         "--out", type=Path, default=Path("results/bench/bench.json"), help="JSON report to write"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv):
+    parser = command_line()
     args = parser.parse_args(argv)
     for name in ("warmup_steps", "steps"):
         if getattr(args, name) < 1:
@@ -479,6 +386,23 @@ def parse_args(argv):
     if min(args.seeds_per_job) < 1:
         parser.error(f"--seeds-per-job must be at least 1, not {min(args.seeds_per_job)}")
     return args
+
+
+def bench_runs(configs: dict, args, device: torch.device, compiled: bool) -> dict:
+    """run -> number of seeds trained together -> bench_run's row: every run alone, then
+    packed as --seeds-per-job asks."""
+    packing = {run: {} for run in configs}
+    for n_seeds in sorted(set(args.seeds_per_job) | {1}):
+        for run, cfg in configs.items():
+            row = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps,
+                            args.late_after, seed_ids=list(range(1, n_seeds + 1)))  # fmt: skip
+            packing[run][n_seeds] = row
+            if n_seeds == 1:
+                print(f"{run}: {row['ms_per_step']:.2f} ms/step", flush=True)
+            else:
+                rate = row["seed_steps_per_s"]
+                print(f"{run}, {n_seeds} seeds: {rate:.2f} seed-steps/s", flush=True)
+    return packing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -506,22 +430,12 @@ def main(argv: list[str] | None = None) -> None:
         # The files the workflow fetched for --data: a local directory source, as offline.
         raw_dir = (args.data.parent / "mnist" / "raw").resolve()
         # The README runs the bench from the repository's root.
-        workflow = bench_workflow(Path.cwd(), args.scratch, [str(raw_dir)], os.cpu_count())
-    matmul_before = matmul_flops_per_s(device, args.matmul_seconds)
-    models = {}
-    for run, cfg in configs.items():
-        models[run] = bench_run(
-            cfg, args.data, device, compiled, args.warmup_steps, args.steps, args.late_after
+        workflow = bench_workflow.time_workflow(
+            Path.cwd(), args.scratch, [str(raw_dir)], os.cpu_count()
         )
-        print(f"{run}: {models[run]['ms_per_step']:.2f} ms/step", flush=True)
-    packing = {run: {1: models[run]} for run in configs}
-    for n_seeds in sorted(set(args.seeds_per_job) - {1}):
-        for run, cfg in configs.items():
-            seeds = list(range(1, n_seeds + 1))
-            row = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps,
-                            args.late_after, seeds=seeds)  # fmt: skip
-            packing[run][n_seeds] = row
-            print(f"{run}, {n_seeds} seeds: {row['seed_steps_per_s']:.2f} seed-steps/s", flush=True)
+    matmul_before = matmul_flops_per_s(device, args.matmul_seconds)
+    packing = bench_runs(configs, args, device, compiled)
+    models = {run: rows[1] for run, rows in packing.items()}
     # The rate before and after the models, the higher taken: a conservative ratio.
     matmul = max(matmul_before, matmul_flops_per_s(device, args.matmul_seconds))
     for row in models.values():
@@ -542,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds_per_job": {
             run: {str(n): row for n, row in rows.items()} for run, rows in packing.items()
         },
-        "parallel_jobs": [bench_parallel_jobs(args, runs[0], n) for n in jobs],
+        "parallel_jobs": [bench_parallel_jobs(runs[0], n, worker_options(args)) for n in jobs],
         "workflow": workflow,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

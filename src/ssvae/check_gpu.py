@@ -7,7 +7,6 @@ wall time of the whole comparison (every run and seed of the config) on this GPU
 are `ssvae.bench`'s. Writes one JSON file and prints a short table.
 """
 
-import argparse
 import dataclasses
 import json
 import tempfile
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from ssvae import bench, compute, runfile, train
+from ssvae import bench, compute, job, runfile
 from ssvae.cli import entry_point_parser
 from ssvae.config import ConfigError, run_settings
 from ssvae.errors import UserError, exit_on_user_error
@@ -69,20 +68,20 @@ def time_models(config: dict, runs: list[str], data: Path, device: torch.device,
 def time_sharing(config_path: Path, run: str, data: Path, device: torch.device,
                  warmup: int, steps: int, jobs: list[int], log) -> list[dict]:  # fmt: skip
     """Steps per second of n processes training `run` at once, compiled as on the cluster."""
-    options = argparse.Namespace(
-        config=config_path,
-        data=data,
-        device=str(device),
-        warmup_steps=warmup,
-        steps=steps,
-        compile="auto",
-        threads=1,
-        tf32="off",
-        flush_subnormals="on",
-    )
+    options = {
+        "--config": config_path,
+        "--data": data,
+        "--device": str(device),
+        "--warmup-steps": warmup,
+        "--steps": steps,
+        "--compile": "auto",
+        "--threads": 1,
+        "--tf32": "off",
+        "--flush-subnormals": "on",
+    }
     rows = []
     for n in jobs:
-        rows.append(bench.bench_parallel_jobs(options, run, n))
+        rows.append(bench.bench_parallel_jobs(run, n, options))
         log(f"{run}: {n} processes: {rows[-1]['steps_per_s_total']:.1f} steps/s in total")
     return rows
 
@@ -98,7 +97,7 @@ def one_epoch_accuracy(config: dict, run: str, data: Path, device: torch.device,
             write_split(arrays["train_y"], cfg.seed, split)
         for compiled in (False, True):
             out = Path(scratch) / f"compiled_{compiled}.h5"
-            train.train(cfg, data, split, out, device, log=lambda *a, **k: None, compiled=compiled)
+            job.train(cfg, data, split, out, device, log=lambda *a, **k: None, compiled=compiled)
             attrs = runfile.read_attrs(out)
             accuracy = float(runfile.read_history(out)["valid"]["accuracy"][-1])
             result["compiled" if compiled else "eager"] = {

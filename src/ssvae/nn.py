@@ -38,22 +38,22 @@ class SubgraphBatchNorm(nn.Module):
     running estimate, and a first update that copies the batch statistics (momentum 0.05 after).
     """
 
-    def __init__(self, seeds: int, width: int, momentum: float = 0.05, eps: float = 1e-3):
+    def __init__(self, n_seeds: int, width: int, momentum: float = 0.05, eps: float = 1e-3):
         super().__init__()
         self.momentum = momentum
         self.eps = eps
-        self.gamma = nn.Parameter(torch.empty(seeds, width))
-        self.beta = nn.Parameter(torch.empty(seeds, width))
+        self.gamma = nn.Parameter(torch.empty(n_seeds, width))
+        self.beta = nn.Parameter(torch.empty(n_seeds, width))
         n_subgraphs = len(Subgraph)
-        self.register_buffer("running_mean", torch.zeros(seeds, n_subgraphs, width))
-        self.register_buffer("running_var", torch.ones(seeds, n_subgraphs, width))
-        self.register_buffer("updated", torch.zeros(seeds, n_subgraphs, 1, dtype=torch.bool))
+        self.register_buffer("running_mean", torch.zeros(n_seeds, n_subgraphs, width))
+        self.register_buffer("running_var", torch.ones(n_seeds, n_subgraphs, width))
+        self.register_buffer("updated", torch.zeros(n_seeds, n_subgraphs, 1, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
         # torch's kernel normalises each column of (batch, seeds * width): each seed's units
         # over its own batch. A view for one seed, a copy for more.
-        seeds, batch, width = x.shape
-        columns = x.transpose(0, 1).reshape(batch, seeds * width)
+        n_seeds, batch, width = x.shape
+        columns = x.transpose(0, 1).reshape(batch, n_seeds * width)
         gamma, beta = self.gamma.reshape(-1), self.beta.reshape(-1)
         if not self.training:
             out = F.batch_norm(
@@ -65,17 +65,18 @@ class SubgraphBatchNorm(nn.Module):
                 training=False,
                 eps=self.eps,
             )
-            return out.view(batch, seeds, width).transpose(0, 1)
+            return out.view(batch, n_seeds, width).transpose(0, 1)
         # The fused kernel, told momentum 1, writes the batch mean and unbiased variance into
         # these; the original's update rule then applies them (several times faster than
         # normalising by hand, forward and backward).
-        batch_mean = x.new_zeros(seeds * width)
-        batch_var = x.new_zeros(seeds * width)
+        batch_mean = x.new_zeros(n_seeds * width)
+        batch_var = x.new_zeros(n_seeds * width)
         out = F.batch_norm(
             columns, batch_mean, batch_var, gamma, beta, training=True, momentum=1.0, eps=self.eps
         )
-        self._update_running(subgraph, batch_mean.view(seeds, width), batch_var.view(seeds, width))
-        return out.view(batch, seeds, width).transpose(0, 1)
+        mean, var = batch_mean.view(n_seeds, width), batch_var.view(n_seeds, width)
+        self._update_running(subgraph, mean, var)
+        return out.view(batch, n_seeds, width).transpose(0, 1)
 
     @torch.no_grad()
     def _update_running(self, subgraph: Subgraph, mean, unbiased_var) -> None:
@@ -94,10 +95,10 @@ class SubgraphBatchNorm(nn.Module):
 class SeedLinear(nn.Module):
     """A linear layer per seed: x (seeds, batch, in) -> (seeds, batch, out), one batched matmul."""
 
-    def __init__(self, seeds: int, in_dim: int, out_dim: int):
+    def __init__(self, n_seeds: int, in_dim: int, out_dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(seeds, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.empty(seeds, out_dim))
+        self.weight = nn.Parameter(torch.empty(n_seeds, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n_seeds, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
@@ -132,15 +133,15 @@ class MaxoutStack(nn.Module):
     which torch reduces 5-20x faster than a last axis of 4.
     """
 
-    def __init__(self, seeds: int, in_dim: int, width: int, n_layers: int, batchnorm: bool):
+    def __init__(self, n_seeds: int, in_dim: int, width: int, n_layers: int, batchnorm: bool):
         super().__init__()
         self.width = width
         dims = [in_dim] + [width] * n_layers
         self.linears = nn.ModuleList(
-            SeedLinear(seeds, d_in, MAXOUT_PIECES * width) for d_in in dims[:-1]
+            SeedLinear(n_seeds, d_in, MAXOUT_PIECES * width) for d_in in dims[:-1]
         )
         self.norms = nn.ModuleList(
-            SubgraphBatchNorm(seeds, MAXOUT_PIECES * width)
+            SubgraphBatchNorm(n_seeds, MAXOUT_PIECES * width)
             for _ in range(n_layers if batchnorm else 0)
         )
 
@@ -167,10 +168,10 @@ class ClassifierNet(nn.Module):
         self.random = random
         self.dropout = dropout
         self.clip = clip
-        seeds = random.seeds
-        self.trunk = MaxoutStack(seeds, N_PIXELS, 300, n_layers=4, batchnorm=True)
-        self.head = MaxoutStack(seeds, 300, 300, n_layers=2, batchnorm=True)
-        self.outputs = nn.ModuleList(SeedLinear(seeds, 300, N_CLASSES) for _ in range(n_outputs))
+        n_seeds = random.n_seeds
+        self.trunk = MaxoutStack(n_seeds, N_PIXELS, 300, n_layers=4, batchnorm=True)
+        self.head = MaxoutStack(n_seeds, 300, 300, n_layers=2, batchnorm=True)
+        self.outputs = nn.ModuleList(SeedLinear(n_seeds, 300, N_CLASSES) for _ in range(n_outputs))
 
     def hidden(self, x: torch.Tensor, subgraph: Subgraph) -> torch.Tensor:
         # A fresh dropout mask per call: the three sub-graphs see independent masks
@@ -187,12 +188,12 @@ class ClassifierNet(nn.Module):
 class ZEncoder(nn.Module):
     """q(z | a, x): embed the class code a, join it to h(x), 2 maxout+BN layers, mu and logvar."""
 
-    def __init__(self, seeds: int):
+    def __init__(self, n_seeds: int):
         super().__init__()
-        self.embed = SeedLinear(seeds, N_CLASSES, 300)
-        self.stack = MaxoutStack(seeds, 600, 300, n_layers=2, batchnorm=True)
-        self.mu = SeedLinear(seeds, 300, Z_DIM)
-        self.logcov2 = SeedLinear(seeds, 300, Z_DIM)
+        self.embed = SeedLinear(n_seeds, N_CLASSES, 300)
+        self.stack = MaxoutStack(n_seeds, 600, 300, n_layers=2, batchnorm=True)
+        self.mu = SeedLinear(n_seeds, 300, Z_DIM)
+        self.logcov2 = SeedLinear(n_seeds, 300, Z_DIM)
 
     def forward(self, a: torch.Tensor, hx: torch.Tensor, subgraph: Subgraph):
         h = self.stack(torch.cat([self.embed(a), hx], dim=-1), subgraph)
@@ -202,10 +203,10 @@ class ZEncoder(nn.Module):
 class Decoder(nn.Module):
     """p(x | a, z): 4 maxout layers without BatchNorm, then Bernoulli logits over the pixels."""
 
-    def __init__(self, seeds: int):
+    def __init__(self, n_seeds: int):
         super().__init__()
-        self.stack = MaxoutStack(seeds, N_CLASSES + Z_DIM, 200, n_layers=4, batchnorm=False)
-        self.out = SeedLinear(seeds, 200, N_PIXELS)
+        self.stack = MaxoutStack(n_seeds, N_CLASSES + Z_DIM, 200, n_layers=4, batchnorm=False)
+        self.out = SeedLinear(n_seeds, 200, N_PIXELS)
 
     def forward(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.stack(torch.cat([a, z], dim=-1)))
@@ -216,12 +217,12 @@ class SeedRandom:
     which seeds train beside it. Each draw is (seeds, ...), row i from seed i's own stream. The
     weights' initialisation, every training draw and the evaluation draws come from it."""
 
-    def __init__(self, seeds: list[int], device: torch.device | str = "cpu"):
+    def __init__(self, seed_ids: list[int], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+        self.generators = [torch.Generator(self.device).manual_seed(seed) for seed in seed_ids]
 
     @property
-    def seeds(self) -> int:
+    def n_seeds(self) -> int:
         return len(self.generators)
 
     def each(self, draw, *per_seed: torch.Tensor) -> torch.Tensor:

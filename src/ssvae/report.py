@@ -223,19 +223,7 @@ def render_markdown(
         f"{threshold:g} nats at the last validation (mean ± standard deviation over seeds).",
         "",
     ]
-    references = table.reference_run.dropna() if "reference_run" in table else pd.Series()
-    if len(references):
-        reference_label = table.set_index("run").label[references.iloc[0]]
-        lines += [f"## Paired with {reference_label}", ""]
-        lines += [
-            f"Every seed draws one labeled split that all runs share, so each run is compared "
-            f"with {reference_label} seed by seed: the mean of its per-seed differences with a "
-            "t-based 95% confidence interval, and on how many seeds it is strictly ahead. An "
-            "interval that excludes 0 says the runs differ beyond seed-to-seed noise, each "
-            "interval on its own: they are not adjusted for comparing many runs at once.",
-            "",
-        ]
-        lines += paired_table(table, reference_label) + [""]
+    lines += paired_section(table)
     lines += ["## Cost", ""]
     lines += cost_table(table) + [""]
     lines += [
@@ -250,6 +238,30 @@ def render_markdown(
     ]
     lines += ["## How the runs were computed", ""]
     lines += computation_table(seeds, table.set_index("run").label) + [""]
+    lines += figure_sections(figure_paths, report_dir)
+    return "\n".join(lines)
+
+
+def paired_section(table: pd.DataFrame) -> list[str]:
+    """Each run against the reference run, seed by seed (nothing without a reference run)."""
+    references = table.reference_run.dropna() if "reference_run" in table else pd.Series()
+    if not len(references):
+        return []
+    reference_label = table.set_index("run").label[references.iloc[0]]
+    lines = [f"## Paired with {reference_label}", ""]
+    lines += [
+        f"Every seed draws one labeled split that all runs share, so each run is compared "
+        f"with {reference_label} seed by seed: the mean of its per-seed differences with a "
+        "t-based 95% confidence interval, and on how many seeds it is strictly ahead. An "
+        "interval that excludes 0 says the runs differ beyond seed-to-seed noise, each "
+        "interval on its own: they are not adjusted for comparing many runs at once.",
+        "",
+    ]
+    return lines + paired_table(table, reference_label) + [""]
+
+
+def figure_sections(figure_paths: list[Path], report_dir: Path) -> list[str]:
+    """The figures, in the order of the figure table, each with its title and caption."""
     by_figure = {}
     for path in figure_paths:
         try:
@@ -257,6 +269,7 @@ def render_markdown(
         except ValueError as err:
             raise InputError(str(err)) from None
         by_figure.setdefault(figure, []).append(path)
+    lines = []
     for figure in FIGURES:
         if figure not in by_figure:
             continue
@@ -264,7 +277,7 @@ def render_markdown(
         for path in by_figure[figure]:
             relative = Path(os.path.relpath(path, report_dir)).as_posix()
             lines += [f"![{path.stem}]({relative})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(

@@ -5,7 +5,7 @@ Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested gro
     /                  attrs: run, model, seed, config (resolved settings as JSON),
                        code_digest (sha256 of the training code), torch_version,
                        cuda_version ("none" for a CPU build of torch), device (the GPU's
-                       name on CUDA), compiled_step (compiling asked for), step_compiled,
+                       name on CUDA), compile_requested (compiling asked for), step_compiled,
                        step_captured (the step ran compiled; as CUDA graphs),
                        compile_fallback (why compiling failed, "" if it did not), tf32,
                        n_params, ssvae_version, cpu_threads,
@@ -43,18 +43,55 @@ uniform prior, for the M2 family).
 
 import io
 import json
+import resource
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+import ssvae
 from ssvae.errors import InputError
 from ssvae.io import read_hdf5, write_atomic
 
 SPLITS = ("train", "valid", "test")
 ARRAY_GROUPS = ("z_stats", "samples")
+
+
+def diverged_path(out_path: Path) -> Path:
+    """Where a diverged run keeps its metrics (metrics.h5 -> metrics.diverged.h5)."""
+    return out_path.with_name(f"{out_path.stem}.diverged{out_path.suffix}")
+
+
+def run_attributes(run: str, model: str, seed: int, computation: dict, n_params: int,
+                   status: str, wall_seconds: float, cpu_threads: int) -> dict:  # fmt: skip
+    """A run file's own attributes (see the layout above): which run, what was computed and
+    how, its status and its training time over every attempt."""
+    return {
+        "run": run,
+        "model": model,
+        "seed": seed,
+        **computation,
+        "n_params": n_params,
+        "ssvae_version": ssvae.__version__,
+        "cpu_threads": cpu_threads,
+        "status": status,
+        "wall_seconds": wall_seconds,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def job_attributes(seeds_in_job: list[int], job_seconds: float) -> dict:
+    """What the job that writes a run file cost, and which seeds shared it."""
+    # ru_maxrss is in kB on Linux.
+    peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "seeds_in_job": seeds_in_job,
+        "job_seconds": job_seconds,
+        "peak_memory_mb": peak_memory_mb,
+    }
 
 
 @dataclass

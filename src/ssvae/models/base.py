@@ -108,8 +108,8 @@ class SemiSupervisedVAE(Model):
                  z_noise_std: float):  # fmt: skip
         super().__init__(random, input_dropout, classifier_weight)
         self.z_noise_std = z_noise_std
-        self.z_encoder = ZEncoder(random.seeds)
-        self.decoder = Decoder(random.seeds)
+        self.z_encoder = ZEncoder(random.n_seeds)
+        self.decoder = Decoder(random.n_seeds)
 
     def unlabeled(self, x: torch.Tensor, annealing: Annealing) -> PathTerms:
         raise NotImplementedError
@@ -195,12 +195,12 @@ class LatentClassVAE(SemiSupervisedVAE):
 
 
 def build_model(name: str, params: dict, input_dropout: float, classifier_weight: float,
-                z_noise_std: float, seeds: list[int],
+                z_noise_std: float, seed_ids: list[int],
                 device: torch.device | str = "cpu") -> Model:  # fmt: skip
-    """The model for `seeds` (one set of weights each), on `device`, initialised from each
-    seed's own random stream, which its training draws then continue. The model takes its
-    params (defaults filled in) as keywords."""
-    random = SeedRandom(seeds, device)
+    """The model for the seeds `seed_ids` (one set of weights each), on `device`, initialised
+    from each seed's own random stream, which its training draws then continue. The model
+    takes its params (defaults filled in) as keywords."""
+    random = SeedRandom(seed_ids, device)
     settings = resolve_params(name, params)
     cls = model_class(name)
     if MODELS[name].has_decoder:

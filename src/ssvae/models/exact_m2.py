@@ -18,18 +18,18 @@ class ExactM2(SemiSupervisedVAE):
         """U(x) = KL_Y(pi) + sum_c pi_c * (kl_factor * KL_Z(x,c)) + sum_c pi_c * nllX(x | c, z_c),
         y summed out over the 10 classes; pi = q(y|x), z_c ~ q(z|x,c), and KL_Y the KL to the
         uniform p(y). kl_factor is 2 in the original (docs/original.md 3.2, 7.2)."""
-        seeds, batch = x.shape[:2]
+        n_seeds, batch = x.shape[:2]
         hx = self.classifier.hidden(x, Subgraph.UNLABELED)
         logits = self.classifier.heads(hx, Subgraph.UNLABELED)[0]
         pi = F.softmax(logits, dim=-1)
         # One batched pass over all classes: block c holds every example paired with y = c.
         classes = torch.eye(N_CLASSES, dtype=x.dtype, device=x.device)
-        y_blocks = classes.repeat_interleave(batch, dim=0).expand(seeds, -1, -1)
+        y_blocks = classes.repeat_interleave(batch, dim=0).expand(n_seeds, -1, -1)
         z, mu, logcov2 = self.sample_z(y_blocks, hx.repeat(1, N_CLASSES, 1), Subgraph.UNLABELED)
-        kl_z_dims = gaussian_kl(mu, logcov2).view(seeds, N_CLASSES, batch, -1)
+        kl_z_dims = gaussian_kl(mu, logcov2).view(n_seeds, N_CLASSES, batch, -1)
         kl_z = kl_z_dims.sum(-1).transpose(1, 2)  # (seeds, batch, class)
         nll_x = self.reconstruction_nll(y_blocks, z, x.repeat(1, N_CLASSES, 1))
-        nll_x = nll_x.view(seeds, N_CLASSES, batch).transpose(1, 2)
+        nll_x = nll_x.view(n_seeds, N_CLASSES, batch).transpose(1, 2)
         kl_y = categorical_kl_uniform(logits)
         # The KL_Z term as it enters the bound, factor included: the original logs it so.
         kl_z_term = self.kl_factor * (pi * kl_z).sum(-1)
