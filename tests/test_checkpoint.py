@@ -55,7 +55,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(small_mnist: Path, split: Path, tmp_path_factory) -> Path:
     """The same run, never interrupted."""
-    out = tmp_path_factory.mktemp("reference") / "metrics.h5"
+    out = tmp_path_factory.mktemp("reference") / "run.h5"
     result = subprocess.run(train_command(small_mnist, split, out), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return out
@@ -78,7 +78,7 @@ def killed_after_first_checkpoint(command: list[str], ckpt: Path) -> None:
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(
     small_mnist: Path, split: Path, reference: Path, tmp_path: Path
 ) -> None:
-    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
+    out, ckpt = tmp_path / "run.h5", tmp_path / "checkpoint.pt"
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "2"
     )
@@ -98,7 +98,7 @@ def test_a_stop_signal_checkpoints_at_the_next_step_and_resumes_exactly(
     small_mnist: Path, split: Path, reference: Path, tmp_path: Path, stop_signal: int
 ) -> None:
     """SIGTERM is what SLURM sends before a time limit or preemption; SIGINT is Ctrl-C."""
-    out, ckpt, log = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "log"
+    out, ckpt, log = tmp_path / "run.h5", tmp_path / "checkpoint.pt", tmp_path / "log"
     # No periodic checkpoints: what resumes is the one SIGTERM made.
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "0"
@@ -133,7 +133,7 @@ def preempted_checkpoint(small_mnist: Path, split: Path, directory: Path) -> Pat
     ckpt = directory / "checkpoint.pt"
     with pytest.raises(Preempted, match="checkpoint written to"):
         job.train(
-            TrainConfig.from_dict(RUN), small_mnist, split, directory / "metrics.h5",
+            TrainConfig.from_dict(RUN), small_mnist, split, directory / "run.h5",
             torch.device("cpu"), log=lambda *a, **k: None, checkpoint_path=ckpt,
             stop=lambda: True,
         )  # fmt: skip
@@ -160,11 +160,11 @@ def test_a_checkpoint_of_other_settings_or_code_is_refused(
         checkpoint.save(ckpt, state)
     before = ckpt.read_bytes()
     with pytest.raises(CheckpointMismatch, match=named) as refused:
-        job.train(cfg, small_mnist, split, tmp_path / "metrics.h5", torch.device("cpu"),
+        job.train(cfg, small_mnist, split, tmp_path / "run.h5", torch.device("cpu"),
               log=lambda *a, **k: None, checkpoint_path=ckpt)  # fmt: skip
     assert str(ckpt) in str(refused.value) and "delete it" in str(refused.value)
     assert ckpt.read_bytes() == before  # refused, not overwritten
-    assert not (tmp_path / "metrics.h5").exists()
+    assert not (tmp_path / "run.h5").exists()
 
 
 def test_cli_refusal_is_one_line(small_mnist: Path, split: Path, tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_a_completed_run_thrown_away_is_taken_from_the_store_not_retrained(
 ) -> None:
     """Snakemake interrupted as a job finishes marks its run file incomplete and deletes it
     before the rerun; the result store gives it back, byte for byte, without training."""
-    out, ckpt, store_dir = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "store"
+    out, ckpt, store_dir = tmp_path / "run.h5", tmp_path / "checkpoint.pt", tmp_path / "store"
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--store", str(store_dir)
     )
@@ -206,7 +206,7 @@ def test_a_completed_run_thrown_away_is_taken_from_the_store_not_retrained(
 def test_the_store_stands_in_only_for_the_same_computation(
     small_mnist: Path, split: Path, tmp_path: Path
 ) -> None:
-    out, store_dir = tmp_path / "metrics.h5", tmp_path / "store"
+    out, store_dir = tmp_path / "run.h5", tmp_path / "store"
     command = train_command(small_mnist, split, out, "--store", str(store_dir))
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     command[command.index("--run-config") + 1] = json.dumps(RUN | {"epochs": 1})
@@ -225,7 +225,7 @@ def test_the_store_stands_in_only_for_the_same_computation(
 def test_a_damaged_stored_result_is_named_and_trained_again(
     small_mnist: Path, split: Path, reference: Path, tmp_path: Path
 ) -> None:
-    out, store_dir = tmp_path / "metrics.h5", tmp_path / "store"
+    out, store_dir = tmp_path / "run.h5", tmp_path / "store"
     command = train_command(small_mnist, split, out, "--store", str(store_dir))
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     (entry,) = store_dir.rglob("*.h5")
@@ -251,7 +251,7 @@ def overwrite_middle(path: Path, size: int = 2000) -> None:
 def test_a_damaged_checkpoint_is_named_and_training_starts_over(
     small_mnist: Path, split: Path, reference: Path, tmp_path: Path
 ) -> None:
-    out, ckpt = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt"
+    out, ckpt = tmp_path / "run.h5", tmp_path / "checkpoint.pt"
     command = train_command(
         small_mnist, split, out, "--checkpoint", str(ckpt), "--checkpoint-every", "2"
     )
@@ -270,7 +270,7 @@ def test_a_retrain_request_trains_anew_and_resumes_only_its_own_checkpoints(
 ) -> None:
     """What a forced snakemake job gets: the store and an older checkpoint stand in for nothing,
     a checkpoint written for the request is resumed, and the request ends with the run."""
-    out, ckpt, store_dir = tmp_path / "metrics.h5", tmp_path / "checkpoint.pt", tmp_path / "store"
+    out, ckpt, store_dir = tmp_path / "run.h5", tmp_path / "checkpoint.pt", tmp_path / "store"
     options = ("--checkpoint", str(ckpt), "--checkpoint-every", "2", "--store", str(store_dir))
     command = train_command(small_mnist, split, out, *options)
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
@@ -307,14 +307,14 @@ def test_a_retrain_request_trains_anew_and_resumes_only_its_own_checkpoints(
 def test_a_second_trainer_of_the_same_run_file_is_refused(
     small_mnist: Path, split: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "metrics.h5"
+    out = tmp_path / "run.h5"
     with hold_lock(job.SeedFiles(split, out).lock, "training it"):
         result = subprocess.run(train_command(small_mnist, split, out), capture_output=True,
                                 text=True)  # fmt: skip
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"process {os.getpid()} on " in lines[0], result.stderr
-    assert f"is already training {out} (it holds {out.with_name('metrics.lock')})" in lines[0]
+    assert f"is already training {out} (it holds {out.with_name('run.lock')})" in lines[0]
     assert not out.exists()
 
 
@@ -330,7 +330,7 @@ def split_of_second_seed(small_mnist: Path, tmp_path_factory) -> Path:
 
 def pack_command(small_mnist: Path, splits: list[Path], directory: Path, *options: str):
     """Both seeds in one job, each with its own run file and checkpoint under directory."""
-    outs = [directory / f"seed{seed}" / "metrics.h5" for seed in PACK_SEEDS]
+    outs = [directory / f"seed{seed}" / "run.h5" for seed in PACK_SEEDS]
     checkpoints = [directory / f"seed{seed}" / "checkpoint.pt" for seed in PACK_SEEDS]
     command = [
         "ssvae-train", "--data", str(small_mnist), "--run-config", json.dumps(RUN),

@@ -45,7 +45,7 @@ def mount_point(tmp_path: Path):
 
 
 # What a trainer keeps beside a run file from its first moment: its lock and every attempt's log.
-SIDE_FILES = ["metrics.attempts.log", "metrics.lock"]
+SIDE_FILES = ["run.attempts.log", "run.lock"]
 
 
 def train(small_mnist: Path, split: Path, out: Path, *options: str):
@@ -68,7 +68,7 @@ def test_a_read_only_directory_is_refused_before_training(
     small_mnist: Path, split: Path, mount_point
 ) -> None:
     disk = mount_point("ro,size=1m")
-    out = disk / "run" / "metrics.h5"
+    out = disk / "run" / "run.h5"
     result = train(small_mnist, split, out, "--checkpoint", str(out.with_name("checkpoint.pt")))
     assert_refused_before_training(result, str(out), "Read-only file system")
 
@@ -76,7 +76,7 @@ def test_a_read_only_directory_is_refused_before_training(
 def test_a_directory_where_the_run_file_goes_is_refused_before_training(
     small_mnist: Path, split: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "metrics.h5"
+    out = tmp_path / "run.h5"
     out.mkdir()
     result = train(small_mnist, split, out)
     assert_refused_before_training(result, str(out), "a directory is in its place")
@@ -88,7 +88,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes_from_it(
     # The MLP's checkpoint (weights and Adam's two moments) is about 33 MB: the first fits in
     # 48 MB, the next cannot be written beside it.
     disk = mount_point("size=48m")
-    out, ckpt = disk / "metrics.h5", disk / "checkpoint.pt"
+    out, ckpt = disk / "run.h5", disk / "checkpoint.pt"
     options = ("--checkpoint", str(ckpt), "--checkpoint-every", "1")
     result = train(small_mnist, split, out, *options)
     assert result.returncode == 1
@@ -108,7 +108,7 @@ def test_a_full_disk_when_the_run_file_is_written_is_one_line(
     small_mnist: Path, split: Path, mount_point
 ) -> None:
     disk = mount_point("size=8k")  # two pages: less than the 16 kB run file
-    out = disk / "metrics.h5"
+    out = disk / "run.h5"
     result = train(small_mnist, split, out)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

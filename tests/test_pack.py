@@ -60,7 +60,7 @@ def pack_files(directory: Path, seeds: list[int], splits: dict, checkpoints: boo
     return [
         SeedFiles(
             splits[seed],
-            directory / f"seed{seed}" / "metrics.h5",
+            directory / f"seed{seed}" / "run.h5",
             directory / f"seed{seed}" / "checkpoint.pt" if checkpoints else None,
         )
         for seed in seeds
@@ -94,7 +94,7 @@ def test_a_diverging_seed_leaves_the_others_to_finish(
     small_mnist, splits, tmp_path, monkeypatch, float64_default
 ) -> None:
     """Seed 4's weights are made non-finite: its loss is NaN from the first step. Seed 5 beside
-    it finishes with the numbers it gets alone; seed 4 keeps its epochs in metrics.diverged.h5
+    it finishes with the numbers it gets alone; seed 4 keeps its epochs in run.diverged.h5
     and the job says so."""
     build = loop.build_training
 

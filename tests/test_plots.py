@@ -46,7 +46,7 @@ def test_kl_per_dimension_is_the_gaussian_kl() -> None:
 @pytest.fixture
 def run_file(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
-    path = tmp_path / "metrics.h5"
+    path = tmp_path / "run.h5"
     arrays = {
         "z_stats": {
             "epoch": [0, 10],

@@ -123,6 +123,6 @@ def test_smoke_preset_through_the_slurm_profile(
     assert forced.returncode == 0, forced.stderr[-4000:]
     assert len(sacct_jobs()) == len(RUNS) + 1
     for seed in (1, 2):
-        attempts = run_file(workdir, "MLP", seed).with_name("metrics.attempts.log").read_text()
+        attempts = run_file(workdir, "MLP", seed).with_name("run.attempts.log").read_text()
         last = attempts.split("--- attempt started")[-1]
         assert "epoch   2/2" in last and "result store" not in last

@@ -75,7 +75,7 @@ def mtimes(root: Path) -> dict[Path, int]:
 
 def last_attempt(workdir: Path, run: str, seed: int) -> str:
     """What the last training job of (run, seed) logged (ssvae.train's attempts log)."""
-    attempts = run_file(workdir, run, seed).with_name("metrics.attempts.log").read_text()
+    attempts = run_file(workdir, run, seed).with_name("run.attempts.log").read_text()
     return attempts.split("--- attempt started")[-1]
 
 
@@ -119,7 +119,7 @@ def test_seeds_trained_together_build_the_same_outputs(
     assert_smoke_outputs(workdir, seeds_per_job=2)
     assert results(workdir) == results(built)
     assert planned_jobs(workdir, mnist_dir) == {}
-    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed2/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed2/run.h5"
     forced = planned_jobs(workdir, mnist_dir, target, "--forcerun", target, config=PACKED)
     assert forced == {"train_seeds_1_2": 1}
     (workdir / target).unlink()
@@ -197,7 +197,7 @@ def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: 
 
 
 def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) -> None:
-    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed1/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed1/run.h5"
     assert planned_jobs(built, mnist_dir, target, "--forcerun", "train") == {"train": 1}
     before = mtimes(built)
     snakemake(built, mnist_dir, target, "--forcerun", "train")
@@ -218,7 +218,7 @@ def test_forcing_one_seed_reruns_only_that_seed(built: Path, mnist_dir: Path) ->
 
 def test_one_seed_target_needs_only_its_own_jobs(tmp_path: Path, mnist_dir: Path) -> None:
     workdir = copy_workflow(tmp_path / "wf")
-    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed3/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/ExactM2/seed3/run.h5"
     assert planned_jobs(workdir, mnist_dir, target) == {
         "prepare_mnist": 1,
         "labeled_split": 1,
@@ -296,7 +296,7 @@ def test_a_changed_source_list_deletes_nothing_and_builds_what_is_asked(
     offline = (f"mnist_sources=[{tmp_path / 'unreachable'}]",)
     assert planned_jobs(built, mnist_dir, config=offline) == {}
     # A seed the preset does not name: its split and training, nothing upstream.
-    target = f"{SMOKE_RESULTS}/runs/MLP/seed7/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed7/run.h5"
     assert planned_jobs(built, mnist_dir, target, config=offline) == {
         "labeled_split": 1,
         "train": 1,
@@ -312,7 +312,7 @@ def test_prepared_data_rebuilt_neither_retrains_nor_skips_a_requested_target(
     """The prepared arrays are identified by content: rebuilding them retrains nothing, and a
     target asked for with them is built (snakemake 9 can skip jobs downstream of ancient())."""
     (built / "results/data/mnist.npz").unlink()
-    target = f"{SMOKE_RESULTS}/runs/MLP/seed8/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed8/run.h5"
     snakemake(built, mnist_dir, target)
     assert (built / target).exists()
     assert planned_jobs(built, mnist_dir) == {}
@@ -324,7 +324,7 @@ def test_snakemake_interrupted_as_a_job_finishes_loses_no_training(
     """SIGINT to snakemake alone lets the running job finish, then marks its run file incomplete;
     the rerun gets the finished run back without training it again."""
     workdir = copy_workflow(tmp_path / "wf")
-    target = f"{SMOKE_RESULTS}/runs/MLP/seed1/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed1/run.h5"
     longer = ("steps_per_epoch=40",)
     command = [
         "snakemake", target, "--cores", "2", "--configfile", SMOKE,
@@ -353,7 +353,7 @@ def test_snakemake_interrupted_as_a_job_finishes_loses_no_training(
     assert (workdir / target).exists()
     assert planned_jobs(workdir, mnist_dir, target, config=longer) == {}
     # The interrupted call's epochs are still in the attempts log.
-    assert "epoch   2/2" in (workdir / target).with_name("metrics.attempts.log").read_text()
+    assert "epoch   2/2" in (workdir / target).with_name("run.attempts.log").read_text()
 
 
 def readme_commands() -> list[str]:
@@ -412,7 +412,7 @@ def test_force_retrains_inside_and_outside_the_seeds_also_after_a_failed_call(
 ) -> None:
     """A forced training job trains anew, whatever the config lists and however the last call
     ended: the result store stands in only where no retrain was asked for."""
-    outside = f"{SMOKE_RESULTS}/runs/MLP/seed3/metrics.h5"
+    outside = f"{SMOKE_RESULTS}/runs/MLP/seed3/run.h5"
     failing = "results/splits/seed999999999.json"  # beyond the seeds NumPy takes
     failed = snakemake(built, mnist_dir, outside, failing, "--keep-going", check=False)
     assert failed.returncode != 0
@@ -430,7 +430,7 @@ def test_force_retrains_inside_and_outside_the_seeds_also_after_a_failed_call(
 
 
 def test_a_damaged_run_file_or_split_is_never_delivered(built: Path, mnist_dir: Path) -> None:
-    target = f"{SMOKE_RESULTS}/runs/MLP/seed4/metrics.h5"
+    target = f"{SMOKE_RESULTS}/runs/MLP/seed4/run.h5"
     snakemake(built, mnist_dir, target)
     run = built / target
     overwrite_middle(run)
@@ -522,7 +522,7 @@ def test_a_preset_never_touches_another_configurations_results(
         for p in (built / "results").rglob("*")
         if p.is_file() and (built / SMOKE_RESULTS) not in p.parents
     }
-    assert built / "results/runs/MLP/seed1/metrics.h5" in longer_files
+    assert built / "results/runs/MLP/seed1/run.h5" in longer_files
     smoke_run = str(run_file(built, "MLP", 1).relative_to(built))
     snakemake(built, mnist_dir, "--forcerun", smoke_run)
     assert "epoch   2/2" in last_attempt(built, "MLP", 1)

@@ -32,7 +32,7 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def run_file(workdir: Path, run: str, seed: int) -> Path:
-    return workdir / f"{SMOKE_RESULTS}/runs/{run}/seed{seed}/metrics.h5"
+    return workdir / f"{SMOKE_RESULTS}/runs/{run}/seed{seed}/run.h5"
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -112,8 +112,8 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     `stop()` turns true (then Preempted is raised), and a seed that finds a checkpoint from the
     same settings and code resumes from it; seeds whose checkpoints stand at different steps
     train one group after another. A seed that diverges keeps what it logged in
-    metrics.diverged.h5 while the others finish; TrainingDiverged is raised at the end. A seed
-    whose metrics.diverged.h5 records this very computation is not trained again.
+    run.diverged.h5 while the others finish; TrainingDiverged is raised at the end. A seed
+    whose run.diverged.h5 records this very computation is not trained again.
     With a result store, a seed whose computation it holds takes its run file from there, and
     each completed run file goes into it. A seed with a pending retrain request (ssvae.store)
     trains anew: the store and its diverged record stand in for nothing, and only checkpoints

@@ -61,7 +61,7 @@ ARRAY_GROUPS = ("z_stats", "samples")
 
 
 def diverged_path(out_path: Path) -> Path:
-    """Where a diverged run keeps its metrics (metrics.h5 -> metrics.diverged.h5)."""
+    """Where a diverged run keeps its metrics (run.h5 -> run.diverged.h5)."""
     return out_path.with_name(f"{out_path.stem}.diverged{out_path.suffix}")
 
 

@@ -74,7 +74,7 @@ class ResultStore:
 
 
 def retrain_request_path(run_file: Path) -> Path:
-    """metrics.h5 -> metrics.retrain: present while a retrain of that run file is pending."""
+    """run.h5 -> run.retrain: present while a retrain of that run file is pending."""
     return run_file.with_name(f"{run_file.stem}.retrain")
 
 

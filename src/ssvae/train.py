@@ -24,7 +24,7 @@ def command_line():
     parser = entry_point_parser(
         "ssvae-train",
         "Train the seeds of one run together (one seed, or a pack of several) and write each "
-        "seed's metrics HDF5 file.",
+        "seed's run file (HDF5).",
         settings_help(),
     )
     parser.add_argument("--data", type=Path, required=True, help="prepared MNIST .npz")
@@ -43,7 +43,9 @@ def command_line():
     parser.add_argument(
         "--split", type=Path, nargs="+", required=True, help="labeled split JSON of each seed"
     )
-    parser.add_argument("--out", type=Path, nargs="+", required=True, help="metrics .h5 to write")
+    parser.add_argument(
+        "--out", type=Path, nargs="+", required=True, help="each seed's run file (.h5) to write"
+    )
     compute.add_compute_options(parser)
     parser.add_argument(
         "--checkpoint",
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def attempts_log_path(out_path: Path) -> Path:
-    """metrics.h5 -> metrics.attempts.log: every attempt's log lines, which a job's own log
+    """run.h5 -> run.attempts.log: every attempt's log lines, which a job's own log
     (rewritten by each attempt) does not keep."""
     return out_path.with_name(f"{out_path.stem}.attempts.log")
 

@@ -17,8 +17,8 @@ from ssvae.store import request_retrain
 
 
 def validate_config(config):
-    """Stop before any job with one line naming the first invalid key and its value,
-    against the package's schema (src/ssvae/config.schema.yaml), where settings are defined."""
+    """Stop before any job with one line naming the first invalid key and its value;
+    settings are defined in the package's schema, src/ssvae/config.schema.yaml."""
     try:
         validate(config)
     except ConfigError as err:
@@ -36,7 +36,7 @@ SPLIT_FILE = "results/splits/seed{seed}.json"
 # Everything else of a configuration lives under its results_dir, so that a preset (the smoke
 # run) never writes over another configuration's results.
 RESULTS = config["results_dir"]
-RUN_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/metrics.h5"
+RUN_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/run.h5"
 CHECKPOINT_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/checkpoint.pt"
 # Finished run files by what they computed (ssvae.store): what a training job recovers from.
 RESULT_STORE = f"{RESULTS}/store"
