@@ -189,7 +189,7 @@ def assert_same_gradients(model, got: torch.Tensor, expected: torch.Tensor) -> N
 
 
 @pytest.mark.parametrize("name", ["ApproxM2", *SHARPENED_MODELS])
-def test_parameter_count(name: str) -> None:
+def test_each_vae_has_the_originals_parameter_count(name: str) -> None:
     expected = 4_577_804 if name == "LogisticNormal" else 4_574_794
     params = {"sharpening": 1.0} if name in SHARPENED_MODELS else {}
     model = build_model(name, params, 0.25, 128.0, 0.05, [0])
@@ -217,7 +217,7 @@ class TestSettings:
             ("LogGamma", {"sharpening": 2.0, "betaprior": 0.2}),
         ],
     )
-    def test_defaults(self, name: str, expected: dict) -> None:
+    def test_unset_params_take_the_schema_defaults(self, name: str, expected: dict) -> None:
         params = {"sharpening": 2} if name in SHARPENED_MODELS else {}
         assert resolve_params(name, params) == expected
 
@@ -301,7 +301,9 @@ class TestRelaxedM2:
 
 class TestLogisticNormal:
     @pytest.mark.parametrize("labeled", [False, True])
-    def test_bound_and_surrogate(self, labeled: bool, fixed_noise) -> None:
+    def test_bound_and_surrogate_match_the_formula_by_hand(
+        self, labeled: bool, fixed_noise
+    ) -> None:
         model = evaluation_model("LogisticNormal")
         x, y = binary_images(4, seed=3), labels(4, seed=3)
         subgraph = Subgraph.LABELED if labeled else Subgraph.UNLABELED
@@ -322,7 +324,9 @@ class TestLogisticNormal:
         assert_same_gradients(model, path.surrogate, surrogate)
 
     @pytest.mark.parametrize("eps_mean", [None, 0.0])
-    def test_noise_mean(self, eps_mean: float | None, monkeypatch) -> None:
+    def test_noise_has_mean_eps_mean_one_by_default(
+        self, eps_mean: float | None, monkeypatch
+    ) -> None:
         """With the N(0, 1) draw fixed at 0, v = mu + eps_mean * sigma; the default mean is 1."""
         params = {} if eps_mean is None else {"eps_mean": eps_mean}
         model = make_model("LogisticNormal", **params)
@@ -445,14 +449,14 @@ class TestLogGammaSampler:
         assert u.min() < 2 * math.log(torch.finfo(dtype).tiny)
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-    def test_mean_is_digamma(self, dtype: torch.dtype) -> None:
+    def test_log_gamma_draws_have_the_digamma_mean(self, dtype: torch.dtype) -> None:
         beta = torch.tensor([math.exp(-5), 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, math.exp(5)])
         beta = beta.to(dtype)
         u = sample_log_gamma(beta.expand(1, self.N_DRAWS, 10), SeedRandom([0]))[0]
         standard_error = (torch.polygamma(1, beta) / self.N_DRAWS).sqrt()  # var log G = trigamma
         assert ((u.mean(0) - torch.digamma(beta)).abs() < 5 * standard_error).all()
 
-    def test_no_gradient_flows(self) -> None:
+    def test_no_gradient_flows_through_the_draw(self) -> None:
         beta = torch.full((1, 3, 10), 0.5, dtype=torch.float64, requires_grad=True)
         assert not sample_log_gamma(beta, SeedRandom([0])).requires_grad
 

@@ -102,7 +102,7 @@ class TestExactM2Bounds:
 
     @pytest.mark.usefixtures("unit_normal_draws")
     @torch.no_grad()
-    def test_labeled_bound(self) -> None:
+    def test_labeled_bound_matches_the_formula_by_hand(self) -> None:
         model = populated(make_model())
         x, y = binary_images(4, seed=3), labels(4, seed=3)
         got = model.labeled(x, y, Annealing()).bound
@@ -239,7 +239,7 @@ class TestSettings:
         with pytest.raises(ValueError, match="kl_factor"):
             resolve_params("MLP", {"kl_factor": 2.0})
 
-    def test_unknown_model_name(self) -> None:
+    def test_an_unknown_model_name_is_refused_naming_the_known_ones(self) -> None:
         with pytest.raises(ConfigError) as raised:
             TrainConfig(run="r", model="M3", seed=1)
         message = str(raised.value)

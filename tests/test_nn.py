@@ -159,16 +159,16 @@ class TestMaxoutStack:
 class TestParameterCounts:
     """The breakdown in docs/original.md 2.5, which fixes the clipping threshold."""
 
-    def test_classifier_network(self) -> None:
+    def test_classifier_network_has_the_originals_parameter_count(self) -> None:
         net = ClassifierNet(SeedRandom([0]), dropout=0.25)
         assert n_params(net.trunk) == 2_035_200
         assert n_params(net.head) == 727_200
         assert [n_params(output) for output in net.outputs] == [3_010]
 
-    def test_z_encoder(self) -> None:
+    def test_z_encoder_has_the_originals_parameter_count(self) -> None:
         assert n_params(ZEncoder(SEEDS)) == 1_120_600
 
-    def test_decoder(self) -> None:
+    def test_decoder_has_the_originals_parameter_count(self) -> None:
         assert n_params(Decoder(SEEDS)) == 688_784
 
 

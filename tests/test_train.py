@@ -84,7 +84,7 @@ def datasets(group: h5py.Group) -> dict[str, np.ndarray]:
 
 
 class TestExactM2RunFile:
-    def test_attributes(self, exact_m2_run: Path) -> None:
+    def test_the_run_file_records_what_ran_and_how(self, exact_m2_run: Path) -> None:
         with h5py.File(exact_m2_run) as f:
             attrs = dict(f.attrs)
         assert attrs["run"] == "tiny_ExactM2"
@@ -105,7 +105,7 @@ class TestExactM2RunFile:
             assert f["valid/epoch"][()].tolist() == [0, 1]
             assert f["test/epoch"][()].tolist() == [1]
 
-    def test_train_metrics(self, exact_m2_run: Path) -> None:
+    def test_every_train_metric_is_finite_once_per_epoch(self, exact_m2_run: Path) -> None:
         with h5py.File(exact_m2_run) as f:
             train_metrics = datasets(f["train"])
         assert set(train_metrics) >= VAE_TRAIN_METRICS
@@ -143,7 +143,7 @@ class TestExactM2RunFile:
                     np.testing.assert_array_equal(history[split][name], values, err_msg=name)
 
 
-def test_mlp_run_file(mlp_run: Path) -> None:
+def test_the_mlp_run_file_has_no_decoder_groups_and_its_own_count(mlp_run: Path) -> None:
     with h5py.File(mlp_run) as f:
         assert "z_stats" not in f
         assert "samples" not in f
