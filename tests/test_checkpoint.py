@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -414,3 +415,15 @@ def test_seeds_at_different_steps_train_one_group_after_another(
     assert result.returncode == 0, result.stderr
     assert_same_run(outs[0], reference)
     assert_same_run(outs[1], second_alone)
+
+
+def test_the_code_digest_covers_every_models_source() -> None:
+    """A job imports its model's module only when it builds the model, after its fingerprint:
+    the digest loads every model's module itself, so editing any model changes it."""
+    code = (
+        "import sys; from ssvae import checkpoint; from ssvae.models import MODELS; "
+        "checkpoint.code_digest(); "
+        "print(all(f'ssvae.models.{m.module}' in sys.modules for m in MODELS.values()))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stderr

@@ -78,7 +78,7 @@ def test_train_config_defaults_are_the_schemas() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [("epochs", -1), ("input_dropout", 1.0), ("lr", 0.0), ("seed", -1), ("lr", True),
-     ("batch_size", 2.5), ("l2", float("nan"))],
+     ("batch_size", 2.5), ("l2", float("nan")), ("epochs", 3.0), ("seed", 1.0)],
 )  # fmt: skip
 def test_what_the_schema_refuses_train_config_refuses(key: str, value) -> None:
     with pytest.raises(SettingError, match=f"^{key} = "):

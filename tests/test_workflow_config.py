@@ -32,6 +32,7 @@ def test_the_shipped_configs_are_valid(configfile: str) -> None:
     ("override", "named"),
     [
         ("epochs=-1", "epochs = -1"),
+        ("epochs=3.0", "epochs = 3.0"),
         ("results_dir=../elsewhere", "results_dir = '../elsewhere'"),
         ("results_dir=/abs", "results_dir = '/abs'"),
         ("results_dir='a b'", "results_dir = 'a b'"),

@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         row["ratio"] = row["achieved_flops_per_s"] / matmul
     jobs = args.jobs if args.jobs is not None else ([1, 2, 4] if device.type == "cuda" else [])
     report = {
-        "device": compute.device_name(device)
+        "device": compute.device_name(device, detailed=True)
         + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""),
         "device_type": device.type,
         "threads": torch.get_num_threads(),

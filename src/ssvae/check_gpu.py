@@ -145,14 +145,14 @@ def run_check(config_path: Path, data: Path, device: torch.device, runs: list[st
     runs = runs or config["compare"]
     for run in runs:
         run_settings(config, run, seed=1)  # an undefined run: one line, before any timing
-    log(f"device: {compute.device_name(device)}")
+    log(f"device: {compute.device_name(device, detailed=True)}")
     models = time_models(config, runs, data, device, warmup, steps, log)
     sharing = time_sharing(config_path, runs[0], data, device, warmup, steps, jobs, log)
     epochs = {
         run: one_epoch_accuracy(config, run, data, device, log) for run in EPOCH_RUNS if run in runs
     }
     return {
-        "device": compute.device_name(device),
+        "device": compute.device_name(device, detailed=True),
         **compute.versions(),
         "warmup_steps": warmup,
         "steps": steps,

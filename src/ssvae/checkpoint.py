@@ -19,6 +19,7 @@ import torch
 
 from ssvae.errors import UserError
 from ssvae.io import DamagedFile, sha256, write_atomic
+from ssvae.models import MODELS, model_class
 from ssvae.runfile import RunLog
 
 
@@ -28,7 +29,10 @@ class CheckpointMismatch(UserError):
 
 def code_digest() -> str:
     """sha256 over the source of every ssvae module loaded in this process: the code that
-    training runs (figure and report code is never imported by it)."""
+    training runs (figure and report code is never imported by it). Every model's module is
+    loaded first: a job imports its model's only when it builds it, after this digest."""
+    for name in MODELS:
+        model_class(name)
     digest = hashlib.sha256()
     modules = sorted(
         (name, module)

@@ -66,10 +66,13 @@ def use_threads(requested: int) -> int:
     return torch.get_num_threads()
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or on CPU the processor's model and how many CPUs this process has."""
+def device_name(device: torch.device, detailed: bool = False) -> str:
+    """The GPU's name, or "cpu" (what a run file records); `detailed`: on CPU the processor's
+    model and how many CPUs this process has (what the benchmark reports)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if not detailed:
+        return str(device)
     cpuinfo = Path("/proc/cpuinfo")
     models = [
         line.split(":", 1)[1].strip()

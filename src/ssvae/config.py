@@ -50,10 +50,20 @@ class SettingError(ConfigError):
         return SettingError(".".join(filter(None, [prefix, self.key])), self.value, self.problem)
 
 
+# JSON Schema's integers include 3.0; a setting that counts (epochs, seeds, batch size) must be
+# an int, or it would be written "3.0" and fail where it is used.
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+
+
 def check(value, schema: dict, key: str = "") -> None:
     """Raise SettingError for the first part of `value` that `schema` (which may refer to the
     config schema's $defs) refuses, or any number in it that is not finite."""
-    validator = jsonschema.Draft202012Validator({"$defs": DEFS} | schema)
+    validator = Validator({"$defs": DEFS} | schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         where = ".".join([key, *map(str, error.absolute_path)]).strip(".")

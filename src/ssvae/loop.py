@@ -101,8 +101,8 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
     model, optimizer = build_training(cfg, [seed.cfg.seed for seed in seeds], device)
     group = Group(seeds, model, optimizer, training_step(model, images, compiled, log), started)
     step = "compiled" if compiled else "eager"
-    log(f"{seed_names(seeds)}: {cfg.model}, {group.n_params:,} parameters per seed, device "
-        f"{device}, epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step {step}, "
+    log(f"{cfg.run} {seed_names(seeds)}: {cfg.model}, {group.n_params:,} parameters per seed, "
+        f"device {device}, epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step {step}, "
         f"{torch.get_num_threads()} CPU threads")  # fmt: skip
     first_epoch, progress = resume(group, log)
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -134,9 +134,9 @@ def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
 
 
 def seed_names(seeds: list[Seed]) -> str:
-    """ "ExactM2 seeds 1 2" for the log."""
+    """'seeds 1 2' (or 'seed 1') for the log."""
     names = " ".join(str(seed.cfg.seed) for seed in seeds)
-    return f"{seeds[0].cfg.run} seed{'s' * (len(seeds) > 1)} {names}"
+    return f"seed{'s' * (len(seeds) > 1)} {names}"
 
 
 def resume(group: Group, log) -> tuple[int, EpochProgress | None]:

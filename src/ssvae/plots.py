@@ -320,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
         type=config_value("active_kl_threshold"),
         help="KL in nats above which a z dimension counts as active",
     )
-    parser.add_argument("--run-file", type=Path, help="one run's metrics .h5 (per-run figures)")
+    parser.add_argument(
+        "--run-file", type=Path, help="one run's run file, run.h5 (per-run figures)"
+    )
     parser.add_argument("--label", help="the run's label in titles (per-run figures)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)

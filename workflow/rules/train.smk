@@ -9,7 +9,7 @@ TRAIN_COMMAND = (
     "--run-config {params.run_config:q} --device {resources.device} --threads {threads} "
     "--compile {resources.compile} --tf32 {resources.tf32} "
     "--checkpoint {params.checkpoints:q} --checkpoint-every {resources.checkpoint_every} "
-    "--store {params.store:q} --out {output.metrics:q} > {log} 2>&1"
+    "--store {params.store:q} --out {output.run_files:q} > {log} 2>&1"
 )
 # How a run is computed, not what it computes: as resources, changing them retrains nothing
 # (params would). The run file records them.
@@ -29,7 +29,7 @@ rule train:
         arrays=ancient(MNIST_ARRAYS),
         splits=ancient(SPLIT_FILE),
     output:
-        metrics=RUN_FILE,
+        run_files=RUN_FILE,
     log:
         f"{RESULTS}/logs/train/{{run}}/seed{{seed}}.log",
     wildcard_constraints:
@@ -58,7 +58,7 @@ for pack in seed_packs():
             arrays=ancient(MNIST_ARRAYS),
             splits=[ancient(SPLIT_FILE.format(seed=seed)) for seed in pack],
         output:
-            metrics=[RUN_FILE.replace("{seed}", str(seed)) for seed in pack],
+            run_files=[RUN_FILE.replace("{seed}", str(seed)) for seed in pack],
         log:
             f"{RESULTS}/logs/train/{{run}}/seeds_{'_'.join(map(str, pack))}.log",
         wildcard_constraints:
