@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from synthetic_runs import Z, synthetic_metrics
+from synthetic_runs import NEW, RUNS, Z, synthetic_metrics, write_run
 
 from ssvae import metrics, report
 
@@ -108,11 +108,45 @@ def test_confidence_intervals_and_paired_differences_worked_by_hand(synthetic: P
     assert mlp.test_accuracy_diff_mean == pytest.approx(-0.21)
     assert mlp.test_accuracy_diff_ci_low == pytest.approx(-0.21)
     assert mlp.test_accuracy_diff_ci_high == pytest.approx(-0.21)
-    # The reference against itself; one seed gives a difference but no interval.
-    assert exact.valid_accuracy_last_diff_mean == 0 and exact.test_accuracy_ahead_share == 0
+    # The reference against itself says nothing: left empty. One seed gives a difference but
+    # no interval.
+    assert math.isnan(exact.valid_accuracy_last_diff_mean)
+    assert math.isnan(exact.test_accuracy_ahead_share)
     assert new.valid_accuracy_last_diff_mean == pytest.approx(0.45 - 0.88)
     assert math.isnan(new.valid_accuracy_last_diff_ci_low) and new.test_accuracy_paired_seeds == 1
     assert (summary.reference_run == "ExactM2").all()
+
+
+def test_intervals_never_leave_what_is_possible() -> None:
+    """Two seeds at 0.1 and 0.3: mean 0.2, s = 0.1414, t(0.975; 1) = 12.71, so the t interval
+    0.2 ± 1.27 would reach from -1.07 to 1.47, but an accuracy lies in [0, 1]. Differences +0.4
+    and +0.7 (0.55 ± 1.91) lie in [-1, 1]. An interval inside the range is left as it is."""
+    interval = metrics.mean_interval(pd.Series([0.1, 0.3], index=[1, 2]))
+    assert interval["mean"] == pytest.approx(0.2)
+    assert (interval["ci_low"], interval["ci_high"]) == (0.0, 1.0)
+    seeds = [1, 2]
+    paired = metrics.paired_difference(pd.Series([0.5, 0.9], seeds), pd.Series([0.1, 0.2], seeds))
+    assert paired["diff_mean"] == pytest.approx(0.55)
+    assert (paired["diff_ci_low"], paired["diff_ci_high"]) == (-1.0, 1.0)
+    inside = metrics.mean_interval(pd.Series([0.50, 0.52], index=[1, 2]))
+    half = T_975[1] * 0.02 / math.sqrt(2) / math.sqrt(2)
+    assert (inside["ci_low"], inside["ci_high"]) == pytest.approx((0.51 - half, 0.51 + half))
+
+
+def test_one_seed_reports_values_and_says_why_there_is_no_interval(
+    tmp_path: Path, reference: Path
+) -> None:
+    runs = {"New": RUNS["New"] | {"seeds": [1]}}
+    ((valid, test),) = NEW.values()
+    files = [write_run(tmp_path, "New", 1, valid, test, 9000.0, [4, 4, 4])]
+    aggregated = tmp_path / "metrics.h5"
+    metrics.aggregate(files, runs, aggregated, tmp_path / "summary.csv", "New")
+    out_md = tmp_path / "report.md"
+    report.write_report(aggregated, reference, [], 0.01, out_md, tmp_path / "report.csv")
+    text = out_md.read_text()
+    assert "1 seed each" in text and "an interval needs two seeds or more" in text
+    assert "confidence interval" not in text.split("Definitions:")[0]
+    assert "| New run | 0.450 | 0.480 |" in text
 
 
 def test_a_run_ahead_on_some_seeds_gets_that_share() -> None:

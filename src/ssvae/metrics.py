@@ -136,17 +136,26 @@ def seed_curves(table: pd.DataFrame, run: str, split: str, metric: str) -> pd.Da
 
 
 CONFIDENCE = 0.95
+ACCURACY_RANGE = (0.0, 1.0)
+DIFFERENCE_RANGE = (-1.0, 1.0)  # of two accuracies
 
 
-def mean_interval(values: pd.Series) -> dict[str, float]:
+def mean_interval(values: pd.Series, possible: tuple[float, float] = ACCURACY_RANGE) -> dict:
     """Mean, sample standard deviation and the t-based 95% confidence interval of the mean over
-    seeds (Student's t with n - 1 degrees of freedom: seeds are few, and independent); no
-    interval from one seed."""
+    seeds (Student's t with n - 1 degrees of freedom: seeds are few, and independent), clipped
+    to the `possible` range of the values: with few seeds the t interval reaches past what an
+    accuracy can be. No interval from one seed."""
     values = values.dropna()
     n = len(values)
     mean, std = values.mean(), values.std(ddof=1)
     half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n) if n > 1 else np.nan
-    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+    low, high = possible
+    return {
+        "mean": mean,
+        "std": std,
+        "ci_low": max(mean - half, low) if n > 1 else np.nan,
+        "ci_high": min(mean + half, high) if n > 1 else np.nan,
+    }
 
 
 def paired_difference(values: pd.Series, reference: pd.Series) -> dict[str, float]:
@@ -155,7 +164,7 @@ def paired_difference(values: pd.Series, reference: pd.Series) -> dict[str, floa
     interval, the share of those seeds on which the run is strictly ahead, and how many."""
     differences = (values - reference).dropna()  # aligned by seed; seeds both runs have
     paired = differences.index
-    interval = mean_interval(differences)
+    interval = mean_interval(differences, DIFFERENCE_RANGE)
     return {
         "diff_mean": interval["mean"],
         "diff_ci_low": interval["ci_low"],
@@ -218,7 +227,8 @@ def summarize(table: pd.DataFrame, runs: pd.DataFrame, seeds: pd.DataFrame,
         if reference:
             row["reference_run"] = reference_run
             for name, values in accuracies.items():
-                if name in reference:
+                # The reference run's own differences would be zeros that say nothing.
+                if name in reference and run.run != reference_run:
                     row |= _prefixed(name, paired_difference(values, reference[name]))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -127,8 +127,10 @@ def accuracy_table(table: pd.DataFrame) -> list[str]:
 
 def _ahead(row, column: str) -> str:
     share = getattr(row, f"{column}_ahead_share", np.nan)
-    n = int(getattr(row, f"{column}_paired_seeds", 0))
-    return "–" if pd.isna(share) else f"{round(share * n)} of {n}"
+    if pd.isna(share):
+        return "–"
+    n = int(getattr(row, f"{column}_paired_seeds"))
+    return f"{round(share * n)} of {n}"
 
 
 def paired_table(table: pd.DataFrame, reference_label: str) -> list[str]:
@@ -190,15 +192,21 @@ def render_markdown(
     report_dir: Path,
     threshold: float,
 ) -> str:
-    n_configured = table.seeds_configured.max()
+    n_configured = int(table.seeds_configured.max())
     epochs = int(table.last_epoch.max())
+    if n_configured > 1:
+        cells = (
+            "Accuracy cells are the mean over seeds with a t-based 95% confidence interval of "
+            "that mean, [low, high] (Student's t, n - 1 degrees of freedom), clipped to what is "
+            "possible: [0, 1] for an accuracy, [-1, 1] for a difference of two"
+        )
+    else:
+        cells = "Accuracy cells are the one seed's values: an interval needs two seeds or more"
     lines = [
         "# Results: semi-supervised VAEs on MNIST with 100 labels",
         "",
-        f"{len(table)} runs, {n_configured} seeds each, epochs 0 to {epochs}. Accuracy cells are "
-        "the mean over seeds with a t-based 95% confidence interval of that mean, "
-        "[low, high] (Student's t, n - 1 degrees of freedom); standard deviations are in "
-        "report.csv.",
+        f"{len(table)} runs, {n_configured} seed{'s' * (n_configured > 1)} each, epochs 0 to "
+        f"{epochs}. {cells}; standard deviations are in report.csv.",
         "",
     ]
     if epochs != 300:
