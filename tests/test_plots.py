@@ -227,3 +227,19 @@ def test_samples_are_drawn_at_one_pixel_per_image_pixel(run_file, tmp_path) -> N
     np.testing.assert_array_equal(
         grey[top : top + grid.shape[0], left : left + grid.shape[1]], grid
     )
+
+
+def test_a_comparison_figure_defaults_to_the_workflows_paths(tmp_path: Path, monkeypatch) -> None:
+    """`ssvae-plot multi_seed_accuracy` as the README shows it: from results/metrics/metrics.h5
+    to results/plots/multi_seed_accuracy.png, or under --results-dir; a per-run figure needs
+    --out."""
+    synthetic_metrics(tmp_path)  # tmp_path/results/metrics/metrics.h5
+    monkeypatch.chdir(tmp_path)
+    plots.main(["multi_seed_accuracy"])
+    assert png_size(tmp_path / "results/plots/multi_seed_accuracy.png") == (648, 432)
+    (tmp_path / "results").rename(tmp_path / "elsewhere")
+    plots.main(["multi_seed_accuracy", "--results-dir", "elsewhere"])
+    assert (tmp_path / "elsewhere/plots/multi_seed_accuracy.png").is_file()
+    with pytest.raises(SystemExit) as refused:
+        plots.main(["samples", "--run-file", "run.h5", "--label", "A"])
+    assert refused.value.code == 2

@@ -93,6 +93,11 @@ FIGURES = (
 BY_STEM = {figure.stem: figure for figure in FIGURES}
 
 
+def metrics_path(results_dir: str) -> str:
+    """The aggregated metrics table every comparison figure is drawn from."""
+    return f"{results_dir}/metrics/metrics.h5"
+
+
 def comparison_path(results_dir: str, stem: str) -> str:
     return f"{results_dir}/{PLOTS_DIR}/{stem}.png"
 

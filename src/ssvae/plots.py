@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = entry_point_parser(
         "ssvae-plot",
         "Render a figure from the aggregated metrics or from one run's file.",
-        epilog=f"each figure needs, besides --out:\n{needed}",
+        epilog=f"each figure reads:\n{needed}\na comparison figure's --metrics and --out default "
+        "to the workflow's <results-dir>/metrics/metrics.h5 and <results-dir>/plots/<figure>.png; "
+        "a per-run figure needs --out",
     )
     parser.add_argument("figure", choices=list(figures.BY_STEM), help="the figure to draw")
     parser.add_argument("--metrics", type=Path, help="aggregated metrics .h5 (comparison figures)")
@@ -324,9 +326,19 @@ def main(argv: list[str] | None = None) -> None:
         "--run-file", type=Path, help="one run's run file, run.h5 (per-run figures)"
     )
     parser.add_argument("--label", help="the run's label in titles (per-run figures)")
-    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--out", type=Path, help="PNG to write")
+    parser.add_argument(
+        "--results-dir",
+        default="results",
+        help="the configuration's results_dir, where a comparison figure's defaults are",
+    )
     args = parser.parse_args(argv)
     figure = figures.BY_STEM[args.figure]
+    if figure.source == "metrics":
+        args.metrics = args.metrics or Path(figures.metrics_path(args.results_dir))
+        args.out = args.out or Path(figures.comparison_path(args.results_dir, figure.stem))
+    elif args.out is None:
+        parser.error(f"figure {args.figure} needs --out")
     missing = [name for name in needs(figure) if getattr(args, name) is None]
     if missing:
         parser.error(f"figure {args.figure} needs {_option(missing[0])}")

@@ -10,7 +10,7 @@ from ssvae.config import ConfigError, run_settings
 from ssvae.errors import UserError
 from ssvae.data import ARRAYS_FORMAT
 from ssvae.workflow_config import validate
-from ssvae.figures import BY_STEM, FIGURES, comparison_path, per_run_path
+from ssvae.figures import BY_STEM, FIGURES, comparison_path, metrics_path, per_run_path
 from ssvae.models import MODELS
 from ssvae.splits import SPLIT_FORMAT
 from ssvae.store import request_retrain
@@ -40,7 +40,7 @@ RUN_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/run.h5"
 CHECKPOINT_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/checkpoint.pt"
 # Finished run files by what they computed (ssvae.store): what a training job recovers from.
 RESULT_STORE = f"{RESULTS}/store"
-METRICS_H5 = f"{RESULTS}/metrics/metrics.h5"
+METRICS_H5 = metrics_path(RESULTS)
 # The original's 10-seed numbers per run label (docs/original.md, section 8).
 REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
 # Source files whose edits must re-render what they produce (and nothing upstream).
