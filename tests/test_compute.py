@@ -12,6 +12,7 @@ from labeled_split import SPLIT_SEED
 from ssvae import compute, job, runfile, step
 from ssvae.compute import GUARDED_CALLS, error_summary
 from ssvae.config import TrainConfig
+from ssvae.data import load as load_arrays
 from ssvae.images import load_images
 from ssvae.splits import read_split
 
@@ -84,7 +85,7 @@ def replay_steps(cfg: TrainConfig, data: Path, split: Path, compiled: bool, monk
 
     for name in RANDOM_DRAWS:
         monkeypatch.setattr(torch, name, recording(name))
-    images = load_images(data, [read_split(split)], CPU)
+    images = load_images(load_arrays(data), [read_split(split)], CPU)
     model, optimizer = step.build_training(cfg, [cfg.seed], CPU)
     step_fn = step.training_step(model, images, compiled, log=quiet)
     progress = step.EpochProgress.start(0, images, model.random)
@@ -197,7 +198,7 @@ def test_a_failure_after_the_guarded_calls_is_not_hidden(
 
     monkeypatch.setattr(compute, "compile_forward", compiled_then_failing)
     cfg = short_config("MLP")
-    images = load_images(small_mnist, [read_split(small_split)], CPU)
+    images = load_images(load_arrays(small_mnist), [read_split(small_split)], CPU)
     model, _ = step.build_training(cfg, [cfg.seed], CPU)
     step_fn = step.training_step(model, images, compiled=True, log=quiet)
     index = torch.arange(20).unsqueeze(0)

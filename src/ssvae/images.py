@@ -36,9 +36,9 @@ class Images:
     test: tuple[torch.Tensor, torch.Tensor]
 
 
-def load_images(data_path: Path, splits: list[dict], device: torch.device) -> Images:
-    """The images, with each seed's labeled split (all of the same size)."""
-    arrays = data.load(data_path)
+def load_images(arrays: dict[str, np.ndarray], splits: list[dict], device: torch.device) -> Images:
+    """The prepared arrays (ssvae.data.load) on the device, with each seed's labeled split (all
+    of the same size)."""
     train_x = to_pixels(arrays["train_x"], device)
     for split in splits:
         out_of_range = [i for i in split["indices"] if not 0 <= i < len(train_x)]
@@ -68,6 +68,6 @@ def load_images(data_path: Path, splits: list[dict], device: torch.device) -> Im
 def seed_images(data_path: Path, seed_ids: list[int], device: torch.device) -> Images:
     """The images with the labeled subset each seed draws (ssvae.splits), without split files:
     for measuring a step (ssvae.bench) rather than training a run."""
-    train_y = data.load(data_path)["train_y"]
-    splits = [{"indices": labeled_indices(train_y, seed).tolist()} for seed in seed_ids]
-    return load_images(data_path, splits, device)
+    arrays = data.load(data_path)
+    splits = [{"indices": labeled_indices(arrays["train_y"], seed).tolist()} for seed in seed_ids]
+    return load_images(arrays, splits, device)

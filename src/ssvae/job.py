@@ -16,7 +16,7 @@ import torch
 
 from ssvae import checkpoint, compute, data, runfile, store
 from ssvae.config import ConfigError, TrainConfig
-from ssvae.errors import UserError
+from ssvae.errors import InputError, UserError
 from ssvae.io import DamagedFile, check_writable, write_atomic
 from ssvae.loop import train_group
 from ssvae.splits import read_split
@@ -122,7 +122,7 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     check_one_run(cfgs, files)
     check_outputs_writable(files)
     diverged_before = []
-    data_digest = data.load_verified(data_path)[1]
+    arrays, data_digest = data.load_verified(data_path)  # read once: digest and images
     seeds = []
     for cfg, seed_files in zip(cfgs, files, strict=True):
         seed = new_seed(cfg, seed_files, data_digest, device, compiled, result_store)
@@ -143,12 +143,17 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
         seeds.append(seed)
     for seed in seeds:
         seed.saved = resumable_checkpoint(seed, device, log)
+    if seeds and cfgs[0].steps_per_epoch * cfgs[0].batch_size > len(arrays["train_x"]):
+        raise InputError(  # a reduced data file
+            f"{data_path}: {len(arrays['train_x'])} training images, fewer than an epoch of "
+            f"{cfgs[0].steps_per_epoch} batches of {cfgs[0].batch_size} takes"
+        )
     groups = defaultdict(list)
     for seed in seeds:
         groups[seed.position].append(seed)
     for position in sorted(groups):
         train_group(
-            groups[position], data_path, device, log, checkpoint_every, stop, compiled,
+            groups[position], arrays, device, log, checkpoint_every, stop, compiled,
             result_store,
         )  # fmt: skip
     diverged = [seed.diverged for seed in diverged_before + seeds if seed.diverged]

@@ -17,7 +17,7 @@ import torch
 
 from ssvae import checkpoint, compute, runfile, store
 from ssvae.config import TrainConfig
-from ssvae.errors import InputError, UserError
+from ssvae.errors import UserError
 from ssvae.images import Images, binarize, load_images
 from ssvae.models.base import Model, SemiSupervisedVAE
 from ssvae.nn import N_CLASSES, Z_DIM
@@ -85,19 +85,14 @@ class Group:
         return written
 
 
-def train_group(seeds: list[Seed], data_path: Path, device: torch.device, log,
+def train_group(seeds: list[Seed], arrays: dict[str, np.ndarray], device: torch.device, log,
                 checkpoint_every: int, stop, compiled: bool,
                 result_store: store.ResultStore | None) -> None:  # fmt: skip
     """Train seeds that stand at the same step together, to the end of the run, and write each
     one's run file (into the result store too, with one)."""
     started = time.perf_counter()
     cfg = seeds[0].cfg
-    images = load_images(data_path, [seed.split for seed in seeds], device)
-    if cfg.steps_per_epoch * cfg.batch_size > len(images.train_x):  # a reduced data file
-        raise InputError(
-            f"{data_path}: {len(images.train_x)} training images, fewer than an epoch of "
-            f"{cfg.steps_per_epoch} batches of {cfg.batch_size} takes"
-        )
+    images = load_images(arrays, [seed.split for seed in seeds], device)
     model, optimizer = build_training(cfg, [seed.cfg.seed for seed in seeds], device)
     group = Group(seeds, model, optimizer, training_step(model, images, compiled, log), started)
     step = "compiled" if compiled else "eager"
