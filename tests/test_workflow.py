@@ -234,6 +234,7 @@ def test_one_seed_target_needs_only_its_own_jobs(tmp_path: Path, mnist_dir: Path
         ("seeds=[1,-2]", "seeds.1"),
         ("runs={ExactM2: {params: {kl_factor: .inf}}}", "runs.ExactM2.params.kl_factor = inf"),
         ("reference_run=M3", "reference_run = 'M3': not a run defined in runs"),
+        ("sedes=[1]", "sedes = ['1']: not a known key (known: results_dir, mnist_sources, seeds"),
     ],
     ids=lambda value: value if "=" in value else "",
 )
@@ -243,8 +244,29 @@ def test_invalid_config_stops_before_any_job(
     workdir = copy_workflow(tmp_path / "wf")
     result = snakemake(workdir, mnist_dir, config=(override,), check=False)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "invalid config" in line]
-    assert len(errors) == 1 and named in errors[0]
+    [error] = error_lines(result.stderr)
+    assert error.startswith("invalid config: ") and named in error
+    assert not (workdir / "results").exists()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """What snakemake printed on stderr but its notes on where its settings came from."""
+    notes = ("Using workflow specific profile", "Config file config.yaml is extended")
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(notes)]
+
+
+def test_target_of_an_undefined_run_is_named_with_the_defined_ones(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    target = f"{SMOKE_RESULTS}/runs/ExactM3/seed1/run.h5"
+    result = snakemake(workdir, mnist_dir, target, check=False)
+    assert result.returncode != 0
+    defined = ", ".join(yaml.safe_load((workdir / "config.yaml").read_text())["runs"])
+    # After snakemake's banner, the line alone: no exception's name, no traceback.
+    *banner, error = error_lines(result.stderr)
+    assert error == f"{target}: no run 'ExactM3' is defined in runs (defined: {defined})"
+    assert not [line for line in banner if "Exception" in line or "File " in line]
     assert not (workdir / "results").exists()
 
 

@@ -19,6 +19,7 @@ from ssvae.config import ConfigError, TrainConfig
 from ssvae.errors import InputError, UserError
 from ssvae.io import DamagedFile, check_writable, write_atomic
 from ssvae.loop import train_group
+from ssvae.progress import Progress
 from ssvae.splits import read_split
 
 
@@ -56,6 +57,7 @@ class Seed:
     run_log: runfile.RunLog = field(default_factory=runfile.RunLog)
     wall_before: float = 0.0  # seconds spent in earlier attempts
     diverged: str = ""  # why it stopped, if its objective went non-finite
+    progress: Progress | None = None  # what its progress file says, while it trains
 
     @property
     def position(self) -> tuple:

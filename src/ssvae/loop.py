@@ -21,6 +21,7 @@ from ssvae.errors import UserError
 from ssvae.images import Images, binarize, load_images
 from ssvae.models.base import Model, SemiSupervisedVAE
 from ssvae.nn import N_CLASSES, Z_DIM
+from ssvae.progress import DIVERGED, DONE, INTERRUPTED, Progress, duration
 from ssvae.schedules import Annealing, learning_rate
 from ssvae.step import (
     EpochProgress,
@@ -51,6 +52,7 @@ class Group:
     optimizer: torch.optim.Optimizer
     step_fn: compute.TrainingStep
     started: float  # time.perf_counter() when the group began
+    first_epoch: int = 0  # the epoch this attempt began in
 
     @property
     def n_params(self) -> int:
@@ -82,7 +84,41 @@ class Group:
                                             self.wall_seconds(seed))  # fmt: skip
             checkpoint.save(seed.files.checkpoint, state)
             written.append(str(seed.files.checkpoint))
+            seed.progress.checkpoint_epoch = next_epoch
+            seed.progress.checkpoint_step = 0 if progress is None else progress.steps_done
+            seed.progress.write(seed.files.out)
         return written
+
+    def start_progress(self, first_epoch: int) -> None:
+        """Each seed's progress file says that this process trains it, from `first_epoch`."""
+        for seed in self.seeds:
+            cfg = seed.cfg
+            seed.progress = Progress(cfg.run, cfg.seed, cfg.epochs, epoch=first_epoch - 1)
+            if seed.saved is not None:  # the checkpoint it resumed from stands until replaced
+                seed.progress.checkpoint_epoch = seed.saved["next_epoch"]
+                progress = seed.saved["progress"]
+                seed.progress.checkpoint_step = 0 if progress is None else progress["steps_done"]
+            self.note_validation(seed)
+            seed.progress.write(seed.files.out)
+        self.first_epoch = first_epoch
+
+    def epoch_done(self, epoch: int) -> float:
+        """Each training seed's progress file after `epoch`; the group's training time left at
+        this attempt's rate (seconds)."""
+        per_epoch = (time.perf_counter() - self.started) / (epoch - self.first_epoch + 1)
+        for seed in self.seeds:
+            if not seed.diverged:
+                seed.progress.epoch, seed.progress.seconds_per_epoch = epoch, per_epoch
+                self.note_validation(seed)
+                seed.progress.write(seed.files.out)
+        return (self.seeds[0].cfg.epochs - epoch) * per_epoch
+
+    @staticmethod
+    def note_validation(seed: Seed) -> None:
+        valid = seed.run_log.history["valid"]
+        if valid["epoch"]:
+            seed.progress.valid_epoch = valid["epoch"][-1]
+            seed.progress.valid_accuracy = valid["accuracy"][-1]
 
 
 def train_group(seeds: list[Seed], arrays: dict[str, np.ndarray], device: torch.device, log,
@@ -100,6 +136,7 @@ def train_group(seeds: list[Seed], arrays: dict[str, np.ndarray], device: torch.
         f"device {device}, epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step {step}, "
         f"{torch.get_num_threads()} CPU threads")  # fmt: skip
     first_epoch, progress = resume(group, log)
+    group.start_progress(first_epoch)
     for epoch in range(first_epoch, cfg.epochs + 1):
         lr = learning_rate(epoch, cfg.lr, cfg.lr_decay, cfg.lr_floor)
         if progress is None:  # a resumed epoch keeps its optimizer state, lr included
@@ -117,7 +154,8 @@ def train_group(seeds: list[Seed], arrays: dict[str, np.ndarray], device: torch.
         evaluate_and_record(group, images, epoch, lines)
         # Evaluation and samples (a host sync each), so that a job's time adds up from its log.
         timing = (f"lr {lr:.3e}  {progress.seconds:6.1f} s training  "
-                  f"{time.perf_counter() - evaluation_started:6.1f} s evaluation")  # fmt: skip
+                  f"{time.perf_counter() - evaluation_started:6.1f} s evaluation  "
+                  f"{duration(group.epoch_done(epoch))} left")  # fmt: skip
         for seed in seeds:
             if not seed.diverged:
                 prefix = f"seed {seed.cfg.seed}  " if len(seeds) > 1 else ""
@@ -154,6 +192,10 @@ def resume(group: Group, log) -> tuple[int, EpochProgress | None]:
 def preempt(group: Group, progress: EpochProgress) -> None:
     """Stop where `stop()` asked, writing the checkpoints to resume from."""
     stopped = f"stopped at epoch {progress.epoch}, step {progress.steps_done}"
+    for seed in group.seeds:
+        if not seed.diverged:
+            seed.progress.state = INTERRUPTED
+            seed.progress.write(seed.files.out)
     if group.seeds[0].files.checkpoint is None:
         raise Preempted(stopped)
     written = group.save_checkpoints(progress.epoch, progress)
@@ -176,6 +218,8 @@ def mark_diverged(group: Group, epoch: int, bad_steps: list[int], log) -> None:
             f"{seed.cfg.run} seed {seed.cfg.seed}: non-finite loss at epoch {epoch}, step "
             f"{bad_step}; the epochs before it are kept in {kept}"
         )
+        seed.progress.state, seed.progress.diverged_at = DIVERGED, f"epoch {epoch}, step {bad_step}"
+        seed.progress.write(seed.files.out)
         log(seed.diverged, flush=True)
 
 
@@ -232,6 +276,8 @@ def write_results(group: Group, result_store: store.ResultStore | None) -> None:
         store.fulfil_retrain(seed.files.out, seed.retrain)
         if seed.files.checkpoint is not None:
             seed.files.checkpoint.unlink(missing_ok=True)
+        seed.progress.state, seed.progress.checkpoint_epoch = DONE, None
+        seed.progress.write(seed.files.out)
 
 
 def epoch_means(progress: EpochProgress, cfg: TrainConfig, model):

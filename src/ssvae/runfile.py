@@ -60,6 +60,20 @@ SPLITS = ("train", "valid", "test")
 ARRAY_GROUPS = ("z_stats", "samples")
 
 
+# Where a configuration keeps each seed's run file, inside its results_dir; the seed's other
+# files (checkpoint, progress, lock, logs) lie beside it.
+RUN_FILE = "runs/{run}/seed{seed}/run.h5"
+
+
+def run_file_path(results_dir: str | Path, run: str, seed: int) -> Path:
+    return Path(results_dir) / RUN_FILE.format(run=run, seed=seed)
+
+
+def checkpoint_path(out_path: Path) -> Path:
+    """Where the workflow keeps a seed's checkpoint: run.h5 -> checkpoint.pt."""
+    return Path(out_path).with_name("checkpoint.pt")
+
+
 def diverged_path(out_path: Path) -> Path:
     """Where a diverged run keeps its metrics (run.h5 -> run.diverged.h5)."""
     return out_path.with_name(f"{out_path.stem}.diverged{out_path.suffix}")

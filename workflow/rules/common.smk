@@ -2,6 +2,7 @@ import json
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,6 +13,7 @@ from ssvae.data import ARRAYS_FORMAT
 from ssvae.workflow_config import validate
 from ssvae.figures import BY_STEM, FIGURES, comparison_path, metrics_path, per_run_path
 from ssvae.models import MODELS
+from ssvae import runfile
 from ssvae.splits import SPLIT_FORMAT
 from ssvae.store import request_retrain
 
@@ -22,7 +24,7 @@ def validate_config(config):
     try:
         validate(config)
     except ConfigError as err:
-        raise WorkflowError(str(err)) from None
+        sys.exit(str(err))  # the line alone: a WorkflowError would add its traceback
 
 
 # Before the paths below, which follow the config.
@@ -36,8 +38,7 @@ SPLIT_FILE = "results/splits/seed{seed}.json"
 # Everything else of a configuration lives under its results_dir, so that a preset (the smoke
 # run) never writes over another configuration's results.
 RESULTS = config["results_dir"]
-RUN_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/run.h5"
-CHECKPOINT_FILE = f"{RESULTS}/runs/{{run}}/seed{{seed}}/checkpoint.pt"
+RUN_FILE = f"{RESULTS}/{runfile.RUN_FILE}"
 # Finished run files by what they computed (ssvae.store): what a training job recovers from.
 RESULT_STORE = f"{RESULTS}/store"
 METRICS_H5 = metrics_path(RESULTS)
@@ -55,6 +56,20 @@ def run_ids():
 def run_id_pattern():
     """A wildcard constraint matching exactly the defined run ids."""
     return "|".join(re.escape(run) for run in config["runs"])
+
+
+def undefined_run_pattern():
+    """A wildcard constraint matching any run id but the defined ones."""
+    return rf"(?!(?:{run_id_pattern()})/)[^/]+"
+
+
+def refuse_undefined_run(wildcards):
+    """Stop planning with one line naming the defined runs (snakemake's MissingRuleException
+    would name none)."""
+    sys.exit(
+        f"{RUN_FILE.format(**wildcards)}: no run {wildcards.run!r} is defined in runs "
+        f"(defined: {', '.join(config['runs'])})"
+    )
 
 
 def run_files():
@@ -91,7 +106,7 @@ def job_checkpoints(wildcards, output):
     """Each seed's checkpoint, beside its run file. A function of the outputs, so
     that snakemake does not compare it between runs: which seeds share a job is not
     what they compute."""
-    return [str(Path(path).with_name(Path(CHECKPOINT_FILE).name)) for path in output]
+    return [str(runfile.checkpoint_path(path)) for path in output]
 
 
 def on_off(choice):

@@ -74,3 +74,23 @@ for pack in seed_packs():
             store=RESULT_STORE,
         shell:
             TRAIN_COMMAND
+
+
+# A run file of a run that the config does not define: its input function stops planning with
+# one line; the rule never runs.
+rule undefined_run:
+    input:
+        refuse_undefined_run,
+    output:
+        run_file=RUN_FILE,
+    log:
+        f"{RESULTS}/logs/train/{{run}}/seed{{seed}}.log",
+    wildcard_constraints:
+        run=undefined_run_pattern(),
+        seed=r"\d+",
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    shell:
+        "false"
