@@ -1,0 +1,188 @@
+"""ssvae-status on a comparison stopped in the middle: real training jobs (ssvae-train, as the
+workflow calls it) leave each state behind, and the command names it from their files alone."""
+
+import dataclasses
+import itertools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from labeled_split import split_file
+
+from ssvae import status
+from ssvae.config import run_settings
+from ssvae.job import TrainingDiverged, train
+from ssvae.models.mlp import MLP
+from ssvae.progress import Progress, read_progress
+from ssvae.runfile import checkpoint_path, run_file_path
+
+REPO = Path(__file__).resolve().parents[1]
+HANG_GUARD_S = 600  # a stuck job fails the test instead of stalling CI
+SETTINGS = {
+    "seeds": [1, 2, 3, 4],
+    # Long enough that a job is caught at work: the test stops it after its first epoch.
+    "epochs": 40,
+    "steps_per_epoch": 5,
+    "eval_every": 10,
+    "compare": ["MLP", "ExactM2"],
+}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Where snakemake would run: the workflow's config.yaml and a preset beside it."""
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    preset = SETTINGS | {"results_dir": "results"}
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
+    return tmp_path
+
+
+def ssvae_status(workdir: Path) -> str:
+    result = subprocess.run(
+        ["ssvae-status", "--configfile", "preset.yaml", "--config", "eval_every=10"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def rows(report: str) -> dict[tuple[str, int], str]:
+    """(run, seed) -> its state and detail, from ssvae-status's table."""
+    found = re.findall(r"^(\w+) +(\d+)  (.+)$", report, flags=re.MULTILINE)
+    return {(run, int(seed)): rest.strip() for run, seed, rest in found if run != "run"}
+
+
+def start_training(workdir: Path, config: dict, data: Path, seed: int) -> subprocess.Popen:
+    """ssvae-train for one seed of MLP, as the workflow's rule calls it."""
+    out = workdir / run_file_path(config["results_dir"], "MLP", seed)
+    command = [
+        "ssvae-train", "--data", str(data), "--split", str(split_file(data, workdir, seed)),
+        "--run-config", run_settings(config, "MLP", seed).to_json(), "--device", "cpu",
+        "--threads", "1", "--checkpoint", str(checkpoint_path(out)), "--checkpoint-every", "0",
+        "--out", str(out),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir
+    )
+
+
+def wait_for(condition, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not condition():
+        assert process.poll() is None, "the training job ended before the state looked for"
+        assert time.monotonic() < deadline, "the training job never got there"
+        time.sleep(0.05)
+
+
+def diverge(config: dict, data: Path, workdir: Path, seed: int, monkeypatch) -> None:
+    """Train one seed of MLP whose objective turns non-finite at its third step."""
+    steps = itertools.count(1)
+    forward = MLP.forward
+
+    def forward_with_nan_at_step_3(self, *args):
+        result = forward(self, *args)
+        if self.training and next(steps) == 3:
+            return dataclasses.replace(result, objective=result.objective * float("nan"))
+        return result
+
+    monkeypatch.setattr(MLP, "forward", forward_with_nan_at_step_3)
+    out = workdir / run_file_path(config["results_dir"], "MLP", seed)
+    with pytest.raises(TrainingDiverged):
+        train(run_settings(config, "MLP", seed), data, split_file(data, workdir, seed), out,
+              torch.device("cpu"), log=lambda *args, **kwargs: None)  # fmt: skip
+
+
+def test_each_state_of_a_comparison_stopped_in_the_middle(
+    workdir: Path, small_mnist: Path, monkeypatch
+) -> None:
+    config = status.load_config([workdir / "preset.yaml"], [])
+    before = rows(ssvae_status(workdir))
+    assert set(before.values()) == {"not started"} and len(before) == 8
+
+    done = start_training(workdir, config, small_mnist, seed=1)
+    assert done.wait(timeout=HANG_GUARD_S) == 0
+    diverge(config, small_mnist, workdir, 3, monkeypatch)
+
+    job = start_training(workdir, config, small_mnist, seed=2)
+    out = workdir / run_file_path(config["results_dir"], "MLP", 2)
+    try:
+        wait_for(lambda: (p := read_progress(out)) is not None and p.epoch >= 0, job)
+        job.send_signal(signal.SIGSTOP)  # at work, and holding still while it is looked at
+        training = rows(ssvae_status(workdir))
+        job.send_signal(signal.SIGTERM)  # as SLURM before its time limit: checkpoint and stop
+        job.send_signal(signal.SIGCONT)
+        assert job.wait(timeout=HANG_GUARD_S) != 0
+    finally:
+        job.kill()
+    interrupted = rows(ssvae_status(workdir))
+
+    assert re.fullmatch(r"done +valid acc 0\.\d{4} \(epoch 40\)", training["MLP", 1])
+    assert re.fullmatch(
+        r"training +epoch \d+/40 done, [\d.]+ s/epoch, valid acc 0\.\d{4} \(epoch \d+\), "
+        r"\d+ (s|min) left",
+        training["MLP", 2],
+    )
+    assert training["MLP", 3] == "diverged     at epoch 0, step 3; its epochs in run.diverged.h5"
+    assert training["MLP", 4] == "not started"
+    assert all(training["ExactM2", seed] == "not started" for seed in SETTINGS["seeds"])
+    assert re.fullmatch(r"interrupted +resumable from epoch \d+(, step \d)?", interrupted["MLP", 2])
+    assert {key: row for key, row in interrupted.items() if key != ("MLP", 2)} == {
+        key: row for key, row in training.items() if key != ("MLP", 2)
+    }
+
+
+def test_time_left_is_the_work_left_shared_among_the_seeds_training(workdir: Path) -> None:
+    """Each seed's epochs left at its run's measured pace, divided among the seeds at work;
+    runs not timed yet are named, not guessed."""
+    statuses = [
+        status.SeedStatus("MLP", 1, status.DONE, seconds_per_epoch=1.0),
+        status.SeedStatus("MLP", 2, status.TRAINING, epochs_left=2, seconds_per_epoch=3.0),
+        status.SeedStatus("MLP", 3, status.INTERRUPTED, epochs_left=1),
+        status.SeedStatus("MLP", 4, status.NOT_STARTED, epochs_left=3),
+        status.SeedStatus("ExactM2", 1, status.TRAINING, epochs_left=3),
+        status.SeedStatus("ExactM2", 2, status.DIVERGED),
+    ]
+    # MLP's pace is the mean of its measured ones, (1 + 3) / 2 = 2 s; 2 + 1 + 3 epochs left of
+    # it, 12 s of work in all, shared by the 2 seeds training.
+    assert status.time_left(statuses) == (
+        "time left at the present rate (2 seeds training at once): about 6 s "
+        "(without runs not timed yet: ExactM2)"
+    )
+    assert status.time_left(statuses[:1]) == "nothing left to train"
+
+
+def test_a_job_on_another_host_is_gone_when_it_stops_writing(workdir: Path) -> None:
+    progress = Progress("MLP", 1, 300, seconds_per_epoch=1000.0, host="elsewhere", updated=0.0)
+    assert status.job_alive(progress, now=2999.0)
+    assert not status.job_alive(progress, now=3001.0)
+    progress.pid, progress.host = os.getpid(), socket.gethostname()
+    assert status.job_alive(progress, now=1e12)
+
+
+def test_config_errors_are_one_line(workdir: Path) -> None:
+    result = subprocess.run(
+        ["ssvae-status", "--configfile", "preset.yaml", "--config", "epochs=-1"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        "ssvae-status: error: invalid config: epochs = -1: -1 is less than the minimum of 0"
+    ]
+    elsewhere = subprocess.run(
+        ["ssvae-status"], cwd=workdir / "..", capture_output=True, text=True, timeout=60
+    )
+    assert elsewhere.stderr.startswith("ssvae-status: error: config.yaml: cannot be read")
