@@ -1,22 +1,26 @@
-"""Figures: layout of the samples grid, the KL map, PNG sizes, and no training code imported."""
+"""Figures: layout of the samples grid, the KL maps, labels and legends, the files written
+(PNG size and resolution, PDF), and no training code imported."""
 
-import struct
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection, QuadMesh
 from synthetic_runs import synthetic_metrics
+from workflow_helpers import (
+    COMPARISON_SIZES,
+    KL_SIZES,
+    SAMPLES_PIXELS,
+    is_pdf,
+    png_dpi,
+    png_pixels,
+    png_size,
+)
 
 from ssvae import figures, metrics, plots, runfile
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", header[16:24])
 
 
 def numbered_samples() -> np.ndarray:
@@ -61,13 +65,12 @@ def run_file(tmp_path: Path) -> Path:
     return path
 
 
-# The samples grid at one pixel per image pixel: 775 x 1348 and its margins.
-SINGLE_RUN_FIGURES = {"samples": (839, 1428), "KL_Z": (1296, 360), "KL_Z_valid_mean": (1296, 360)}
+SINGLE_RUN_FIGURES = {"samples": SAMPLES_PIXELS} | {
+    stem: png_pixels(size) for stem, size in KL_SIZES.items()
+}
 COMPARISON_FIGURES = {
-    "multi_seed_accuracy": ((648, 432), []),
-    "multi_seed_accuracy_loss_valid": ((1296, 432), []),
-    "multi_seed_accuracy_loss_train": ((1296, 432), []),
-    "active_dims": ((648, 432), ["--threshold", "0.01"]),
+    stem: (png_pixels(size), ["--threshold", "0.01"] if stem == "active_dims" else [])
+    for stem, size in COMPARISON_SIZES.items()
 }
 
 
@@ -79,12 +82,17 @@ def test_every_figure_of_the_table_is_drawn_and_tested() -> None:
     )
 
 
+def test_png_resolution_is_for_print() -> None:
+    assert figures.PNG_DPI >= 300
+
+
 @pytest.mark.parametrize("figure", SINGLE_RUN_FIGURES)
-def test_single_run_figures_are_pngs_of_the_original_size(figure, run_file, tmp_path) -> None:
+def test_single_run_figures_are_a_png_at_print_resolution(figure, run_file, tmp_path) -> None:
     out = tmp_path / "plots" / "figure.png"
     plots.main([figure, "--run-file", str(run_file), "--label", "A run", "--out", str(out)])
     assert png_size(out) == SINGLE_RUN_FIGURES[figure]
-    assert [p.name for p in out.parent.iterdir()] == ["figure.png"]  # no temporary left
+    assert png_dpi(out) == figures.PNG_DPI
+    assert [p.name for p in out.parent.iterdir()] == ["figure.png"]  # no temporary, no PDF
 
 
 @pytest.fixture
@@ -93,11 +101,25 @@ def synthetic(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("figure", COMPARISON_FIGURES)
-def test_comparison_figures_are_pngs_of_the_expected_size(figure, synthetic, tmp_path) -> None:
+def test_comparison_figures_are_a_png_at_print_resolution_and_a_pdf(
+    figure, synthetic, tmp_path
+) -> None:
     size, extra = COMPARISON_FIGURES[figure]
     out = tmp_path / "plots" / f"{figure}.png"
     plots.main([figure, "--metrics", str(synthetic), *extra, "--out", str(out)])
     assert png_size(out) == size
+    assert png_dpi(out) == figures.PNG_DPI
+    assert is_pdf(out.with_suffix(".pdf"))
+    assert sorted(p.name for p in out.parent.iterdir()) == [f"{figure}.pdf", f"{figure}.png"]
+
+
+def test_a_pdf_drawn_twice_is_the_same_file(synthetic, tmp_path) -> None:
+    """No creation date in it: rebuilding an unchanged figure gives the same bytes."""
+    outs = [tmp_path / f"{name}/multi_seed_accuracy.png" for name in ("one", "two")]
+    for out in outs:
+        plots.main(["multi_seed_accuracy", "--metrics", str(synthetic), "--out", str(out)])
+    pdfs = [out.with_suffix(".pdf").read_bytes() for out in outs]
+    assert pdfs[0] == pdfs[1]
 
 
 def comparison_figures(synthetic: Path) -> dict:
@@ -134,18 +156,22 @@ def text_boxes(fig) -> list[tuple[str, object]]:
     return boxes
 
 
-def test_no_text_overlaps_or_leaves_the_figure(synthetic, run_file) -> None:
-    z_stats = runfile.read_arrays(run_file, "z_stats")
-    kl_rows = plots.kl_per_dimension(z_stats["mu_last_batch"], z_stats["logcov2_last_batch"])
-    epochs = np.arange(0, 301, 10)  # the full run's 31 validations
-    figures = comparison_figures(synthetic) | {
+def every_figure(synthetic: Path) -> dict:
+    """Every figure of the table, the per-run ones of a full run's 31 validations."""
+    epochs, rng = np.arange(0, 301, 10), np.random.default_rng(0)
+    return comparison_figures(synthetic) | {
         "samples": plots.samples_figure(numbered_samples(), 300, "ExactM2", 2),
-        "KL_Z": plots.kl_heatmap_figure(kl_rows.reshape(-1, 50), "GumbelSoftmaxM2 shrp=3.0", 2),
+        "KL_Z": plots.kl_heatmap_figure(
+            epochs, rng.random((31, 100, 50)), "GumbelSoftmaxM2 shrp=3.0", 2
+        ),
         "KL_Z_valid_mean": plots.kl_mean_heatmap_figure(
-            epochs, np.random.default_rng(0).random((31, 50)), "LogisticNormalM2 shrp=3.0", 2
+            epochs, rng.random((31, 50)), "LogisticNormalM2 shrp=3.0", 2
         ),
     }
-    for name, fig in figures.items():
+
+
+def test_no_text_overlaps_or_leaves_the_figure(synthetic) -> None:
+    for name, fig in every_figure(synthetic).items():
         fig.canvas.draw()
         boxes = text_boxes(fig)
         width, height = fig.canvas.get_width_height()
@@ -156,6 +182,69 @@ def test_no_text_overlaps_or_leaves_the_figure(synthetic, run_file) -> None:
             for other, other_box in boxes[i + 1 :]:
                 assert not box.overlaps(other_box), f"{name}: {text!r} overlaps {other!r}"
         plt.close(fig)
+
+
+def test_every_drawn_axis_of_every_figure_is_labelled(synthetic) -> None:
+    """An axis with tick labels has a label; the samples grid draws no axis, its class blocks
+    being labelled by their digits."""
+    for name, fig in every_figure(synthetic).items():
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis) if ax.axison else ():
+                ticks = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+                if ticks:
+                    assert axis.label.get_text().strip(), f"{name}: {axis.axis_name} axis"
+        plt.close(fig)
+
+
+def test_the_samples_figure_draws_no_axis() -> None:
+    fig = plots.samples_figure(numbered_samples(), 300, "ExactM2", 2)
+    assert [ax.axison for ax in fig.axes] == [False]
+    plt.close(fig)
+
+
+def test_legends_cover_no_curve_or_band(synthetic) -> None:
+    """Each legend lies outside its axes, where nothing is drawn."""
+    for name, fig in comparison_figures(synthetic).items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend().get_window_extent(renderer)
+            assert not legend.overlaps(ax.get_window_extent(renderer)), name
+        plt.close(fig)
+
+
+def test_the_loss_axis_says_the_mlp_loss_is_on_another_scale(synthetic) -> None:
+    for name in ("multi_seed_accuracy_loss_valid", "multi_seed_accuracy_loss_train"):
+        fig = comparison_figures(synthetic)[name]
+        label = fig.axes[1].get_ylabel()
+        assert "loss" in label and "MLP: cross-entropy alone, on another scale" in label
+        plt.close(fig)
+
+
+def test_kl_maps_use_a_perceptually_uniform_colour_map(synthetic) -> None:
+    for name, fig in every_figure(synthetic).items():
+        # The map and its colour bar.
+        meshes = [c for ax in fig.axes for c in ax.collections if isinstance(c, QuadMesh)]
+        expected = {"viridis"} if name.startswith("KL_Z") else set()
+        assert {mesh.get_cmap().name for mesh in meshes} == expected, name
+        plt.close(fig)
+
+
+def test_kl_z_marks_where_each_validation_ends_and_labels_it_by_epoch() -> None:
+    """Three validations of 100 rows: lines between them at rows 100 and 200, across every z
+    dimension; each validation's epoch at its middle."""
+    kl = np.random.default_rng(0).random((3, 100, 50))
+    fig = plots.kl_heatmap_figure(np.array([0, 10, 20]), kl, "ExactM2", 2)
+    ax = fig.axes[0]
+    (lines,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert [segment.tolist() for segment in lines.get_segments()] == [
+        [[100, 0], [100, 50]],
+        [[200, 0], [200, 50]],
+    ]
+    assert ax.get_xticks().tolist() == [50, 150, 250]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10", "20"]
+    plt.close(fig)
 
 
 def test_a_run_keeps_its_colour_in_every_figure(synthetic) -> None:
@@ -218,9 +307,11 @@ def test_loss_panels_show_every_curve(synthetic) -> None:
 
 
 def test_samples_are_drawn_at_one_pixel_per_image_pixel(run_file, tmp_path) -> None:
-    """The grid appears in the PNG exactly, unscaled and unblurred, inside the margins."""
+    """The grid appears in the PNG exactly, unscaled and unblurred, inside the margins, at the
+    print resolution of every PNG."""
     out = tmp_path / "samples.png"
     plots.main(["samples", "--run-file", str(run_file), "--label", "A run", "--out", str(out)])
+    assert png_dpi(out) == figures.PNG_DPI
     grey = (plt.imread(out)[..., 0] * 255).round().astype(np.uint8)
     grid = plots.sample_grid(numbered_samples())
     top, left = plots.SAMPLES_MARGINS["top"], plots.SAMPLES_MARGINS["left"]
@@ -231,15 +322,29 @@ def test_samples_are_drawn_at_one_pixel_per_image_pixel(run_file, tmp_path) -> N
 
 def test_a_comparison_figure_defaults_to_the_workflows_paths(tmp_path: Path, monkeypatch) -> None:
     """`ssvae-plot multi_seed_accuracy` as the README shows it: from results/metrics/metrics.h5
-    to results/plots/multi_seed_accuracy.png, or under --results-dir; a per-run figure needs
-    --out."""
+    to results/plots/multi_seed_accuracy.png and .pdf, the workflow's paths, or under
+    --results-dir; a per-run figure needs --out."""
     synthetic_metrics(tmp_path)  # tmp_path/results/metrics/metrics.h5
     monkeypatch.chdir(tmp_path)
     plots.main(["multi_seed_accuracy"])
-    assert png_size(tmp_path / "results/plots/multi_seed_accuracy.png") == (648, 432)
+    for extension in figures.BY_STEM["multi_seed_accuracy"].formats:
+        path = figures.comparison_path("results", "multi_seed_accuracy", extension)
+        assert (tmp_path / path).is_file()
+    assert png_size(tmp_path / "results/plots/multi_seed_accuracy.png") == png_pixels(plots.PANEL)
+    assert is_pdf(tmp_path / "results/plots/multi_seed_accuracy.pdf")
     (tmp_path / "results").rename(tmp_path / "elsewhere")
     plots.main(["multi_seed_accuracy", "--results-dir", "elsewhere"])
     assert (tmp_path / "elsewhere/plots/multi_seed_accuracy.png").is_file()
+    assert (tmp_path / "elsewhere/plots/multi_seed_accuracy.pdf").is_file()
     with pytest.raises(SystemExit) as refused:
         plots.main(["samples", "--run-file", "run.h5", "--label", "A"])
     assert refused.value.code == 2
+
+
+def test_out_must_name_a_png(synthetic, tmp_path) -> None:
+    """The PDF goes beside the PNG with the same stem, so --out names the PNG."""
+    out = tmp_path / "figure.pdf"
+    with pytest.raises(SystemExit) as refused:
+        plots.main(["multi_seed_accuracy", "--metrics", str(synthetic), "--out", str(out)])
+    assert refused.value.code == 2
+    assert not list(tmp_path.glob("figure.*"))

@@ -190,7 +190,7 @@ def test_editing_plot_code_rerenders_without_retraining(built: Path, mnist_dir: 
     results = built / SMOKE_RESULTS
     rerendered = {p.relative_to(results).as_posix() for p in changed if "logs" not in p.parts}
     assert rerendered == {
-        *(p.relative_to(results).as_posix() for p in (results / "plots").glob("*.png")),
+        *(p.relative_to(results).as_posix() for p in (results / "plots").glob("*")),
         "report.md",
         "report.csv",
     }

@@ -1,4 +1,5 @@
-"""Shared by the end-to-end tests: a scratch copy of the workflow, the smoke outputs."""
+"""Shared by the end-to-end tests: a scratch copy of the workflow, the smoke outputs, and what
+a figure's files should be."""
 
 import re
 import shutil
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ssvae import metrics
+from ssvae import figures, metrics, plots
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("config.yaml", "workflow", "envs", "src")
@@ -16,6 +17,16 @@ SMOKE = "workflow/configs/smoke.yaml"
 RUNS, SEEDS = ("ExactM2", "MLP"), (1, 2)
 # Where the smoke preset writes everything but MNIST and the splits.
 SMOKE_RESULTS = yaml.safe_load((REPO / SMOKE).read_text())["results_dir"]
+# The size in inches of each comparison figure, and of each per-run figure but the samples grid,
+# which is 775 x 1348 px and its margins at one PNG pixel per image pixel.
+COMPARISON_SIZES = {
+    "multi_seed_accuracy": plots.PANEL,
+    "multi_seed_accuracy_loss_valid": plots.TWO_PANELS,
+    "multi_seed_accuracy_loss_train": plots.TWO_PANELS,
+    "active_dims": plots.PANEL,
+}
+KL_SIZES = {"KL_Z": plots.HEATMAP, "KL_Z_valid_mean": plots.HEATMAP}
+SAMPLES_PIXELS = (839, 1428)
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -41,6 +52,28 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
+def png_dpi(path: Path) -> int:
+    """The resolution a PNG's pHYs chunk gives, in dots per inch."""
+    data, at = path.read_bytes(), 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if kind == b"pHYs":
+            x, y, unit = struct.unpack(">IIB", data[at + 8 : at + 17])
+            assert unit == 1 and x == y  # square pixels, per metre
+            return round(x * 0.0254)
+        at += 12 + length  # length, type, data, CRC
+    raise AssertionError(f"{path}: no pHYs chunk")
+
+
+def png_pixels(size_inches: tuple[float, float]) -> tuple[int, int]:
+    """The pixel size of a figure of `size_inches` at the figures' PNG resolution."""
+    return tuple(round(inches * figures.PNG_DPI) for inches in size_inches)
+
+
+def is_pdf(path: Path) -> bool:
+    return path.read_bytes().startswith(b"%PDF")
+
+
 def assert_smoke_outputs(built: Path, seeds_per_job: int = 1) -> None:
     """Everything the smoke preset builds is there and looks right; with seeds_per_job 2 its
     two seeds trained together, in one job per run whose log has a line per seed and epoch."""
@@ -55,8 +88,10 @@ def assert_smoke_outputs(built: Path, seeds_per_job: int = 1) -> None:
             log = (built / SMOKE_RESULTS / "logs/train" / run / log).read_text()
             epochs = re.findall(line, log, flags=re.MULTILINE)
             assert len(epochs) == 3
-            # Training and evaluation time on every line: a job's time adds up from its log.
-            assert all(re.search(r" s training +[\d.]+ s evaluation$", line) for line in epochs)
+            # Training and evaluation time on every line (a job's time adds up from its log),
+            # then the job's time left.
+            timing = r" s training +[\d.]+ s evaluation  \d+ (s|min) left$"
+            assert all(re.search(timing, line) for line in epochs)
     # The smoke preset checkpoints every epoch; a completed run leaves no checkpoint behind.
     assert not list((built / SMOKE_RESULTS / "runs").rglob("checkpoint.pt"))
     table = metrics.read_table(built / SMOKE_RESULTS / "metrics/metrics.h5")
@@ -67,18 +102,17 @@ def assert_smoke_outputs(built: Path, seeds_per_job: int = 1) -> None:
     assert summary.run.tolist() == list(RUNS)
     assert summary.n_seeds.tolist() == [2, 2]
     assert summary.test_accuracy_mean.between(0, 1).all()
-    assert png_size(built / SMOKE_RESULTS / "plots/multi_seed_accuracy.png") == (648, 432)
-    for split in ("train", "valid"):
-        assert png_size(built / SMOKE_RESULTS / f"plots/multi_seed_accuracy_loss_{split}.png") == (
-            1296,
-            432,
-        )
-    assert png_size(built / SMOKE_RESULTS / "plots/active_dims.png") == (648, 432)
+    plots_dir = built / SMOKE_RESULTS / "plots"
+    for stem, size in COMPARISON_SIZES.items():
+        assert png_size(plots_dir / f"{stem}.png") == png_pixels(size)
+        assert png_dpi(plots_dir / f"{stem}.png") == figures.PNG_DPI
+        assert is_pdf(plots_dir / f"{stem}.pdf")
+    assert sorted(path.stem for path in plots_dir.glob("*.pdf")) == sorted(COMPARISON_SIZES)
     # Per-run figures of seed 2 for the run with a decoder only.
-    assert png_size(built / SMOKE_RESULTS / "plots/samples_ExactM2_seed2.png") == (839, 1428)
-    for figure in ("KL_Z", "KL_Z_valid_mean"):
-        assert png_size(built / SMOKE_RESULTS / f"plots/{figure}_ExactM2_seed2.png") == (1296, 360)
-    assert not list((built / SMOKE_RESULTS / "plots").glob("*_MLP_seed*.png"))
+    assert png_size(plots_dir / "samples_ExactM2_seed2.png") == SAMPLES_PIXELS
+    for stem, size in KL_SIZES.items():
+        assert png_size(plots_dir / f"{stem}_ExactM2_seed2.png") == png_pixels(size)
+    assert not list(plots_dir.glob("*_MLP_seed*.png"))
     # Colours follow the place among the defined runs, not among the compared ones.
     defined = list(yaml.safe_load((built / "config.yaml").read_text())["runs"])
     runs = metrics.read_runs(built / SMOKE_RESULTS / "metrics/metrics.h5")

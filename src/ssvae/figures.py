@@ -6,11 +6,16 @@ here: the workflow reads this table when it plans."""
 from dataclasses import dataclass
 
 PLOTS_DIR = "plots"  # inside the configuration's results_dir
+# Every figure is a PNG at PNG_DPI (the original's 72 dpi is too coarse for print); a comparison
+# figure is also a vector file for a paper, beside its PNG with the same stem. The reports embed
+# the PNGs. The decoder samples keep one image pixel per PNG pixel at any resolution.
+PNG_DPI = 300
+VECTOR_FORMAT = "pdf"
 
 
 @dataclass(frozen=True)
 class Figure:
-    stem: str  # the file name without .png; per-run figures add _{run}_seed{seed}
+    stem: str  # the file name without its extension; per-run figures add _{run}_seed{seed}
     source: str  # "metrics": the aggregated metrics of every run; "run file": one run's file
     title: str  # the report's section heading
     caption: str  # one or two sentences: what is drawn, and how to read it
@@ -20,6 +25,11 @@ class Figure:
     @property
     def per_run(self) -> bool:
         return self.source == "run file"
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The extensions of its files, the PNG first."""
+        return ("png",) if self.per_run else ("png", VECTOR_FORMAT)
 
 
 FIGURES = (
@@ -76,7 +86,8 @@ FIGURES = (
         "run file",
         "KL per latent dimension, last validation batch",
         "KL of each z dimension for the last 100 q(z|.) rows of every validation, one column "
-        "per row, in evaluation order (docs/original.md 5.4).",
+        "per row, in evaluation order (docs/original.md 5.4); white lines separate the "
+        "validations, labelled by epoch.",
         "Latent statistics",
         ("label",),
     ),
@@ -98,8 +109,8 @@ def metrics_path(results_dir: str) -> str:
     return f"{results_dir}/metrics/metrics.h5"
 
 
-def comparison_path(results_dir: str, stem: str) -> str:
-    return f"{results_dir}/{PLOTS_DIR}/{stem}.png"
+def comparison_path(results_dir: str, stem: str, extension: str = "png") -> str:
+    return f"{results_dir}/{PLOTS_DIR}/{stem}.{extension}"
 
 
 def per_run_path(results_dir: str, stem: str, run: str, seed: int | str) -> str:

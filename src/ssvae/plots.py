@@ -17,9 +17,16 @@ from ssvae.config import config_value  # noqa: E402
 from ssvae.errors import exit_on_user_error  # noqa: E402
 from ssvae.io import write_atomic  # noqa: E402
 
-STYLE = "seaborn-v0_8-darkgrid"  # the original used seaborn's darkgrid at 72 dpi
-DPI = 72
+STYLE = "seaborn-v0_8-darkgrid"  # as the original
+DPI = figures.PNG_DPI
+# Figure sizes in inches, the original's; a PNG has DPI pixels per inch.
+PANEL = (9, 6)
+TWO_PANELS = (18, 6)
+HEATMAP = (18, 5)
+KL_COLOUR_MAP = "viridis"  # perceptually uniform, unlike the original's jet
 Z_DIMENSIONS = 50
+# The two losses differ in kind: a reader must not compare the MLP's curve with the VAEs'.
+LOSS_LABEL = "loss (log scale)\nMLP: cross-entropy alone, on another scale"
 
 
 TAB10 = matplotlib.colormaps["tab10"].colors
@@ -63,20 +70,21 @@ def draw_seed_means(
             ax.fill_between(mean.index, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
         entries.append((value, line))
     entries.sort(key=lambda entry: -entry[0] if higher_is_better else entry[0])
-    # A framed legend stays readable where curves run under it.
+    # Right of the axes, where it covers no curve or band; the constrained layout makes room.
     ax.legend(
         handles=[line for _, line in entries],
         title=legend_title(statistic, higher_is_better),
-        loc="lower right" if higher_is_better else "upper right",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        borderaxespad=0,
         fontsize=10,
         title_fontsize=10,
-        frameon=True,
-        framealpha=0.85,
     )
     ax.set_title(title or f"{split} {metric}")
     ax.set_xlabel("epochs")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if metric == "accuracy":
+        ax.set_ylabel("accuracy")
         # The original's axis starts at 0.5; runs that never reach it (smoke runs) need the rest.
         ax.set_ylim(0.5 if entries and min(v for v, _ in entries) > 0.5 else 0.0, 1.0)
     elif metric == "loss":
@@ -86,7 +94,7 @@ def draw_seed_means(
         plain = FuncFormatter(lambda value, _: f"{value:g}")
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
-        ax.set_ylabel("loss (log scale)")
+        ax.set_ylabel(LOSS_LABEL)
     return n_seeds, absent
 
 
@@ -101,43 +109,53 @@ def _caption_seed_means(fig, n_seeds: set, absent: list[str] = ()) -> None:
     text = f"line: mean over seeds ({seeds} per run); band: ± 1 standard deviation across seeds"
     if absent:
         text += f"\nnot drawn, having no latent space: {', '.join(absent)}"
-    fig.text(0.01, 0.012, text, fontsize=11, color="0.25", linespacing=1.3)
+    caption = fig.text(0.01, 0.012, text, fontsize=11, color="0.25", linespacing=1.3)
+    # The constrained layout places the axes and legends only: keep them above the caption.
+    top = caption.get_window_extent(fig.canvas.get_renderer()).y1 / fig.bbox.height
+    fig.get_layout_engine().set(rect=(0, top, 1, 1 - top))
 
 
-def save(fig, out_path: Path) -> None:
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=DPI)
+def save(fig, out_path: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Write `fig` to `out_path` (a PNG) and beside it with the same stem in the other
+    `formats`, all rendered before any is written; returns the files written."""
+    rendered = {}
+    for extension in formats:
+        buffer = io.BytesIO()
+        # No creation date in a PDF: the same figure gives the same bytes.
+        metadata = {"CreationDate": None} if extension == "pdf" else None
+        fig.savefig(buffer, format=extension, dpi=DPI, metadata=metadata)
+        rendered[out_path.with_suffix(f".{extension}")] = buffer.getvalue()
     plt.close(fig)
-    write_atomic(out_path, png.getvalue())
+    for path, content in rendered.items():
+        write_atomic(path, content)
+    return list(rendered)
 
 
 def accuracy_figure(table, runs):
-    """Validation accuracy of every run over epochs (docs/original.md 5.1), 648 x 432 px."""
+    """Validation accuracy of every run over epochs (docs/original.md 5.1), PANEL inches."""
     with plt.style.context(STYLE):
-        fig, ax = plt.subplots(figsize=(9, 6), dpi=DPI)
+        fig, ax = plt.subplots(figsize=PANEL, dpi=DPI, layout="constrained")
         n_seeds, _ = draw_seed_means(ax, table, runs, "valid", "accuracy", higher_is_better=True)
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.93, bottom=0.15)
         _caption_seed_means(fig, n_seeds)
     return fig
 
 
 def accuracy_loss_figure(table, runs, split: str):
-    """Accuracy and loss of every run over epochs on one split (docs/original.md 5.2), 1296 x 432
-    px."""
+    """Accuracy and loss of every run over epochs on one split (docs/original.md 5.2),
+    TWO_PANELS inches."""
     with plt.style.context(STYLE):
-        fig, (left, right) = plt.subplots(1, 2, figsize=(18, 6), dpi=DPI)
+        fig, (left, right) = plt.subplots(1, 2, figsize=TWO_PANELS, dpi=DPI, layout="constrained")
         n_seeds, _ = draw_seed_means(left, table, runs, split, "accuracy", higher_is_better=True)
         draw_seed_means(right, table, runs, split, "loss", higher_is_better=False)
-        fig.subplots_adjust(left=0.04, right=0.99, top=0.93, bottom=0.15, wspace=0.15)
         _caption_seed_means(fig, n_seeds)
     return fig
 
 
 def active_dims_figure(active, runs, threshold: float):
     """How many z dimensions stay active (validation-mean KL above `threshold`) over epochs,
-    per run (beyond the original), 648 x 432 px."""
+    per run (beyond the original), PANEL inches."""
     with plt.style.context(STYLE):
-        fig, ax = plt.subplots(figsize=(9, 6), dpi=DPI)
+        fig, ax = plt.subplots(figsize=PANEL, dpi=DPI, layout="constrained")
         title = f"valid active z dimensions (mean KL > {threshold:g} nats)"
         n_seeds, absent = draw_seed_means(
             ax,
@@ -151,7 +169,6 @@ def active_dims_figure(active, runs, threshold: float):
         )
         ax.set_ylabel(f"active dimensions (of {Z_DIMENSIONS})")
         ax.set_ylim(0, Z_DIMENSIONS)
-        fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.19 if absent else 0.15)
         _caption_seed_means(fig, n_seeds, absent)
     return fig
 
@@ -180,10 +197,16 @@ def sample_grid(samples: np.ndarray) -> np.ndarray:
 SAMPLES_MARGINS = {"left": 48, "right": 16, "top": 64, "bottom": 16}  # pixels around the grid
 
 
+def points(pixels: float) -> float:
+    """A font size in points that is `pixels` high in the PNG."""
+    return pixels * 72 / DPI
+
+
 def samples_figure(samples: np.ndarray, epoch: int, label: str, seed: int):
-    """The decoder's Bernoulli means at one evaluation (docs/original.md 5.3), one screen pixel per
+    """The decoder's Bernoulli means at one evaluation (docs/original.md 5.3), one PNG pixel per
     image pixel: the canvas is the grid (775 x 1348 px) and its margins, each class block labelled
-    with its digit. (The original shrank the grid into 1152 x 1152, blurring each digit.)"""
+    with its digit, sized in pixels whatever DPI is. (The original shrank the grid into
+    1152 x 1152, blurring each digit.)"""
     grid = sample_grid(samples)
     margin = SAMPLES_MARGINS
     height = grid.shape[0] + margin["top"] + margin["bottom"]
@@ -198,10 +221,10 @@ def samples_figure(samples: np.ndarray, epoch: int, label: str, seed: int):
     ax.set_axis_off()
     block = BLOCK_ROWS * (SIDE + GAP) + BLOCK_GAP
     for digit in range(len(grid) // block + 1):
-        ax.text(-12, digit * block + BLOCK_ROWS * (SIDE + GAP) / 2, str(digit), fontsize=20,
-                ha="right", va="center")  # fmt: skip
+        ax.text(-12, digit * block + BLOCK_ROWS * (SIDE + GAP) / 2, str(digit),
+                fontsize=points(20), ha="right", va="center")  # fmt: skip
     title = f"{figures.BY_STEM['samples'].title}: {label}, seed {seed}, epoch {epoch}"
-    fig.suptitle(title, fontsize=16, y=1 - 20 / height, va="center")
+    fig.suptitle(title, fontsize=points(16), y=1 - 20 / height, va="center")
     return fig
 
 
@@ -209,38 +232,46 @@ def kl_per_dimension(mu: np.ndarray, logcov2: np.ndarray) -> np.ndarray:
     return 0.5 * (np.exp(logcov2) + mu**2 - 1.0 - logcov2)
 
 
-def kl_heatmap_figure(kl_rows: np.ndarray, label: str, seed: int):
-    """KL of each z dimension for the last 100 q(z|.) rows of every validation, one column per
-    row, in the original's drawing (docs/original.md 5.4), 1296 x 360 px."""
-    fig, ax = plt.subplots(figsize=(18, 5), dpi=DPI)
-    mesh = ax.pcolormesh(kl_rows.T, cmap="jet")
-    ax.set_xlim(0, kl_rows.shape[0])
-    ax.set_ylim(0, kl_rows.shape[1])
-    ax.set_xlabel("q(z|x) rows of the last validation batches, in evaluation order")
-    ax.set_ylabel("z dimension")
-    ax.set_title(f"{figures.BY_STEM['KL_Z'].title}: {label}, seed {seed}")
-    fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.03).set_label("KL (nats)")
-    fig.subplots_adjust(left=0.04, right=0.97, top=0.9, bottom=0.15)
+def kl_heatmap_figure(epochs: np.ndarray, kl: np.ndarray, label: str, seed: int):
+    """KL of each z dimension for the last 100 q(z|.) rows of every validation, `kl` being
+    (validations, rows, z dimensions): one column per row, in the original's drawing
+    (docs/original.md 5.4), a white line where one validation's rows end, HEATMAP inches."""
+    validations, rows, _ = kl.shape
+    fig, ax = _kl_map(kl.reshape(validations * rows, -1), "KL_Z", label, seed)
+    ax.vlines(np.arange(1, validations) * rows, 0, kl.shape[2], colors="white", linewidths=0.8)
+    _label_validations(ax, epochs, rows)
+    ax.set_xlabel(f"epoch of each validation (its last {rows} q(z|x) rows, between white lines)")
     return fig
 
 
 def kl_mean_heatmap_figure(epochs: np.ndarray, kl_mean: np.ndarray, label: str, seed: int):
     """KL of each z dimension averaged over the whole validation set, one column per validation
-    (beyond the original, which drew one batch), 1296 x 360 px."""
-    fig, ax = plt.subplots(figsize=(18, 5), dpi=DPI)
-    mesh = ax.pcolormesh(kl_mean.T, cmap="jet")
-    ax.set_xlim(0, len(epochs))
-    ax.set_ylim(0, kl_mean.shape[1])
-    # One tick per validation is unreadable at 31 validations: label at most 16 of them.
-    every = -(-len(epochs) // 16)
-    ticks = np.arange(0, len(epochs), every)
-    ax.set_xticks(ticks + 0.5, [str(epochs[i]) for i in ticks])
+    (beyond the original, which drew one batch), HEATMAP inches."""
+    fig, ax = _kl_map(kl_mean, "KL_Z_valid_mean", label, seed)
+    _label_validations(ax, epochs, 1)
     ax.set_xlabel("epochs")
+    return fig
+
+
+def _kl_map(kl_columns: np.ndarray, stem: str, label: str, seed: int):
+    """Figure `stem`: the (columns, z dimensions) KL of one run as a colour map."""
+    fig, ax = plt.subplots(figsize=HEATMAP, dpi=DPI)
+    mesh = ax.pcolormesh(kl_columns.T, cmap=KL_COLOUR_MAP)
+    ax.set_xlim(0, kl_columns.shape[0])
+    ax.set_ylim(0, kl_columns.shape[1])
     ax.set_ylabel("z dimension")
-    ax.set_title(f"{figures.BY_STEM['KL_Z_valid_mean'].title}: {label}, seed {seed}")
+    ax.set_title(f"{figures.BY_STEM[stem].title}: {label}, seed {seed}")
     fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.03).set_label("KL (nats)")
     fig.subplots_adjust(left=0.04, right=0.97, top=0.9, bottom=0.15)
-    return fig
+    return fig, ax
+
+
+def _label_validations(ax, epochs: np.ndarray, columns: int) -> None:
+    """Ticks at the middle of each validation's `columns`, with its epoch; one per validation
+    is unreadable at 31 validations, so at most 16 are labelled."""
+    every = -(-len(epochs) // 16)
+    ticks = np.arange(0, len(epochs), every)
+    ax.set_xticks((ticks + 0.5) * columns, [str(epochs[i]) for i in ticks])
 
 
 def _runs(args):
@@ -273,8 +304,7 @@ def _kl_z(args):
     z_stats = runfile.read_arrays(args.run_file, "z_stats")
     kl = kl_per_dimension(z_stats["mu_last_batch"], z_stats["logcov2_last_batch"])
     seed = runfile.read_attrs(args.run_file)["seed"]
-    # (evaluations x 100 rows, z dimensions): one column per q(z|.) row, as the original
-    return kl_heatmap_figure(kl.reshape(-1, kl.shape[-1]), args.label, seed)
+    return kl_heatmap_figure(z_stats["epoch"], kl, args.label, seed)
 
 
 def _kl_z_mean(args):
@@ -313,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         "Render a figure from the aggregated metrics or from one run's file.",
         epilog=f"each figure reads:\n{needed}\na comparison figure's --metrics and --out default "
         "to the workflow's <results-dir>/metrics/metrics.h5 and <results-dir>/plots/<figure>.png; "
-        "a per-run figure needs --out",
+        f"it is also written as {figures.VECTOR_FORMAT.upper()}, beside the PNG with the same "
+        "stem; a per-run figure needs --out",
     )
     parser.add_argument("figure", choices=list(figures.BY_STEM), help="the figure to draw")
     parser.add_argument("--metrics", type=Path, help="aggregated metrics .h5 (comparison figures)")
@@ -326,7 +357,12 @@ def main(argv: list[str] | None = None) -> None:
         "--run-file", type=Path, help="one run's run file, run.h5 (per-run figures)"
     )
     parser.add_argument("--label", help="the run's label in titles (per-run figures)")
-    parser.add_argument("--out", type=Path, help="PNG to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"PNG to write, its name ending in .png (a comparison figure's "
+        f"{figures.VECTOR_FORMAT.upper()} goes beside it)",
+    )
     parser.add_argument(
         "--results-dir",
         default="results",
@@ -339,9 +375,11 @@ def main(argv: list[str] | None = None) -> None:
         args.out = args.out or Path(figures.comparison_path(args.results_dir, figure.stem))
     elif args.out is None:
         parser.error(f"figure {args.figure} needs --out")
+    if args.out.suffix != ".png":
+        parser.error(f"--out {args.out}: not a .png file name")
     missing = [name for name in needs(figure) if getattr(args, name) is None]
     if missing:
         parser.error(f"figure {args.figure} needs {_option(missing[0])}")
     with exit_on_user_error("ssvae-plot"):
-        save(DRAW[args.figure](args), args.out)
-    print(f"wrote {args.out}")
+        written = save(DRAW[args.figure](args), args.out, figure.formats)
+    print(f"wrote {', '.join(map(str, written))}")

@@ -11,7 +11,14 @@ from ssvae.config import ConfigError, run_settings
 from ssvae.errors import UserError
 from ssvae.data import ARRAYS_FORMAT
 from ssvae.workflow_config import validate
-from ssvae.figures import BY_STEM, FIGURES, comparison_path, metrics_path, per_run_path
+from ssvae.figures import (
+    BY_STEM,
+    FIGURES,
+    VECTOR_FORMAT,
+    comparison_path,
+    metrics_path,
+    per_run_path,
+)
 from ssvae.models import MODELS
 from ssvae import runfile
 from ssvae.splits import SPLIT_FORMAT

@@ -9,6 +9,8 @@ rule plot_comparison:
             category=figure_category,
             labels=figure_labels,
         ),
+        # ssvae-plot writes it beside the PNG; the reports embed the PNG only.
+        vector=comparison_path(RESULTS, "{figure}", VECTOR_FORMAT),
     log:
         f"{RESULTS}/logs/plots/{{figure}}.log",
     wildcard_constraints:
