@@ -160,6 +160,7 @@ def test_time_left_is_the_work_left_shared_among_the_seeds_training(workdir: Pat
         "(without runs not timed yet: ExactM2)"
     )
     assert status.time_left(statuses[:1]) == "nothing left to train"
+    assert status.time_left(statuses[-2:]) == "time left not known yet: no run has trained an epoch"
 
 
 def test_a_job_on_another_host_is_gone_when_it_stops_writing(workdir: Path) -> None:

@@ -21,6 +21,7 @@ from workflow_helpers import (
     SMOKE_RESULTS,
     assert_smoke_outputs,
     copy_workflow,
+    quickstart,
     run_file,
 )
 
@@ -81,14 +82,40 @@ def last_attempt(workdir: Path, run: str, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, mnist_dir: Path) -> Path:
-    """The smoke DAG built once; the tests below read it or run snakemake on it again."""
+    """The smoke DAG built once by the README's quickstart as written (its offline form, after
+    the set-up that .ci/run runs); what each line printed is kept in quickstart.out. The tests
+    below read the build or run snakemake on it again."""
     workdir = copy_workflow(tmp_path_factory.mktemp("e2e") / "wf")
-    snakemake(workdir, mnist_dir)
+    printed = []
+    for line in quickstart(mnist_dir)[1]:
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=workdir, capture_output=True, text=True, timeout=HANG_GUARD_S
+        )
+        if result.returncode != 0:
+            pytest.fail(f"{line} failed:\n{result.stderr[-4000:]}")
+        printed.append(f"$ {line}\n{result.stdout}")
+    (workdir / "quickstart.out").write_text("\n".join(printed))
     return workdir
 
 
 def test_smoke_run_builds_every_output(built: Path) -> None:
     assert_smoke_outputs(built)
+
+
+def test_quickstart_shows_the_finished_build(built: Path) -> None:
+    """Its ssvae-status line says every seed is done, and the report it shows is the build's."""
+    printed = (built / "quickstart.out").read_text()
+    assert "4 seeds: 4 done, 0 training, 0 interrupted, 0 diverged, 0 not started; " in printed
+    assert "nothing left to train" in printed
+    assert (built / SMOKE_RESULTS / "report.md").read_text() in printed
+
+
+def test_ci_installs_as_the_readme_says(mnist_dir: Path) -> None:
+    """.ci/run's set-up is the quickstart's, line for line: a green CI proves the README's."""
+    setup, _ = quickstart(mnist_dir)
+    ci = (REPO / ".ci/run").read_text().splitlines()
+    assert setup == [line for line in ci if line.startswith(("python3 -m venv", "pip install"))]
+    assert setup[0].startswith("python3 -m venv")
 
 
 PACKED = (

@@ -29,6 +29,19 @@ KL_SIZES = {"KL_Z": plots.HEATMAP, "KL_Z_valid_mean": plots.HEATMAP}
 SAMPLES_PIXELS = (839, 1428)
 
 
+def quickstart(mnist_dir: Path) -> tuple[list[str], list[str]]:
+    """The README's quickstart: its set-up lines (what .ci/run runs), and the lines after them
+    with the snakemake line in its offline form, MNIST from `mnist_dir`."""
+    section = (REPO / "README.md").read_text().split("\n## Quickstart\n")[1].split("\n## ")[0]
+    block, offline, _ = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    lines = block.splitlines()
+    first_run = next(i for i, line in enumerate(lines) if line.startswith("snakemake"))
+    offline = offline.strip()
+    assert offline.startswith(lines[first_run] + " --config mnist_sources=")
+    offline = offline.replace("/path/to/mnist", str(mnist_dir))
+    return lines[:first_run], [offline, *lines[first_run + 1 :]]
+
+
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir()
     for name in WORKFLOW_FILES:

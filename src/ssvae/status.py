@@ -142,11 +142,14 @@ def time_left(statuses: list[SeedStatus]) -> str:
             work += status.epochs_left * pace
         elif status.run not in untimed:
             untimed.append(status.run)
-    if work == 0 and not untimed:
+    if work == 0:
+        if untimed:
+            return "time left not known yet: no run has trained an epoch"
         return "nothing left to train"
     training = sum(status.state == TRAINING for status in statuses)
     if training:
-        line = f"time left at the present rate ({training} seeds training at once): "
+        seeds = f"{training} seed{'s' * (training > 1)}"
+        line = f"time left at the present rate ({seeds} training at once): "
         line += f"about {duration(work / training)}"
     else:
         line = f"nothing is training now; the work left is {duration(work)} of one job's time"
