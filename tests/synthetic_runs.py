@@ -85,8 +85,11 @@ def write_run(
     return path
 
 
-def synthetic_metrics(tmp_path: Path) -> Path:
-    """metrics.h5 aggregated from the synthetic run files, as the workflow's rule makes it."""
+def synthetic_metrics(tmp_path: Path, labels_per_class: int = 10) -> Path:
+    """metrics.h5 aggregated from the synthetic run files, as the workflow's rule makes it for
+    runs of `labels_per_class` labels a class."""
+    if labels_per_class != 10:
+        tmp_path = tmp_path / f"labels_per_class{labels_per_class}"
     files = []
     for seed, (valid, test) in EXACT.items():
         # Active dimensions over the validations; at the last one 5, 7 and 9 for seeds 1..3.
@@ -97,7 +100,7 @@ def synthetic_metrics(tmp_path: Path) -> Path:
     for seed, (valid, test) in NEW.items():
         files.append(write_run(tmp_path, "New", seed, valid, test, 9000.0, [4, 4, 4]))
     out = tmp_path / "results/metrics/metrics.h5"
-    metrics.aggregate(files, RUNS, out, out.with_name("summary.csv"), "ExactM2")
+    metrics.aggregate(files, RUNS, out, out.with_name("summary.csv"), "ExactM2", labels_per_class)
     return out
 
 

@@ -74,4 +74,5 @@ def test_plot_help_says_what_each_figure_needs(monkeypatch) -> None:
         "samples": ["--run-file", "--label"],
         "KL_Z": ["--run-file", "--label"],
         "KL_Z_valid_mean": ["--run-file", "--label"],
+        "accuracy_vs_labels": ["--label-count-metrics", "--published"],
     }

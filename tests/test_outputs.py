@@ -95,7 +95,8 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_rerun_resumes_from_it(
     lines = result.stderr.strip().splitlines()
     assert lines == [f"ssvae-train: error: cannot write {ckpt}: No space left on device"]
     assert checkpoint.read(ckpt, torch.device("cpu"))["next_epoch"] == 1
-    assert sorted(p.name for p in disk.iterdir()) == ["checkpoint.pt", *SIDE_FILES]  # no partial
+    written = ["checkpoint.pt", "run.progress.json", *SIDE_FILES]
+    assert sorted(p.name for p in disk.iterdir()) == sorted(written)  # no partial
 
     mount_point("size=256m")  # space freed
     result = train(small_mnist, split, out, *options)
@@ -113,4 +114,6 @@ def test_a_full_disk_when_the_run_file_is_written_is_one_line(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines == [f"ssvae-train: error: cannot write {out}: No space left on device"]
-    assert sorted(p.name for p in disk.iterdir()) == SIDE_FILES  # no partial run file
+    # No partial run file; no progress file either: two pages held only the lock and the log.
+    assert sorted(p.name for p in disk.iterdir()) == SIDE_FILES
+    assert "ssvae-status will not see where this job stands" in result.stdout

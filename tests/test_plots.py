@@ -1,10 +1,12 @@
 """Figures: layout of the samples grid, the KL maps, labels and legends, the files written
 (PNG size and resolution, PDF), and no training code imported."""
 
+import argparse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, QuadMesh
 from synthetic_runs import synthetic_metrics
@@ -76,7 +78,9 @@ COMPARISON_FIGURES = {
 
 def test_every_figure_of_the_table_is_drawn_and_tested() -> None:
     assert set(plots.DRAW) == set(figures.BY_STEM)
-    assert set(SINGLE_RUN_FIGURES) | set(COMPARISON_FIGURES) == set(figures.BY_STEM)
+    assert set(SINGLE_RUN_FIGURES) | set(COMPARISON_FIGURES) | {
+        figures.LABEL_COUNT_FIGURE.stem
+    } == set(figures.BY_STEM)
     assert {stem for stem, figure in figures.BY_STEM.items() if figure.per_run} == set(
         SINGLE_RUN_FIGURES
     )
@@ -348,3 +352,47 @@ def test_out_must_name_a_png(synthetic, tmp_path) -> None:
         plots.main(["multi_seed_accuracy", "--metrics", str(synthetic), "--out", str(out)])
     assert refused.value.code == 2
     assert not list(tmp_path.glob("figure.*"))
+
+
+PUBLISHED = REPO / "workflow/resources/kingma2014_m2.csv"
+
+
+def test_accuracy_against_labels_draws_each_label_count_and_the_published_m2(tmp_path) -> None:
+    """One point per run and label count (10 and 60 a class: 100 and 600 labels), at the mean
+    over seeds with its interval; Kingma et al.'s M2 where a compared count has it."""
+    tables = [synthetic_metrics(tmp_path, k) for k in (60, 10)]
+    out = tmp_path / "plots" / "accuracy_vs_labels.png"
+    plots.main(["accuracy_vs_labels", "--label-count-metrics", *map(str, tables),
+                "--published", str(PUBLISHED), "--out", str(out)])  # fmt: skip
+    assert png_size(out) == png_pixels(plots.TWO_PANELS)
+    assert png_dpi(out) == figures.PNG_DPI
+    assert is_pdf(out.with_suffix(".pdf"))
+
+    fig = plots.accuracy_vs_labels_figure(tables, pd.read_csv(PUBLISHED, comment="#"))
+    valid, test = fig.axes[:2]
+    drawn = {bars.get_label(): bars.lines[0] for bars in test.containers}
+    exact = drawn["ExactM2"]
+    assert exact.get_xdata().tolist() == [100, 600]
+    # The synthetic ExactM2's test accuracies are 0.91, 0.93 and 0.95 at both counts.
+    np.testing.assert_allclose(np.asarray(exact.get_ydata(), float), [0.93, 0.93])
+    m2 = drawn[plots.PUBLISHED_M2]
+    assert m2.get_xdata().tolist() == [100, 600]  # 1,000 and 3,000 labels are not compared
+    np.testing.assert_allclose(np.asarray(m2.get_ydata(), float), [1 - 0.1197, 1 - 0.0494])
+    assert plots.PUBLISHED_M2 not in [bars.get_label() for bars in valid.containers]
+    for ax in (valid, test):
+        assert ax.get_xscale() == "log"
+        assert ax.get_xlabel() == "labeled images (log scale)" and ax.get_ylabel() == "accuracy"
+    plt.close(fig)
+
+
+def test_comparison_figures_say_their_label_count(tmp_path) -> None:
+    for k, heading in (
+        (10, "100 labeled images (10 a class)"),
+        (3, "30 labeled images (3 a class)"),
+    ):
+        args = argparse.Namespace(metrics=synthetic_metrics(tmp_path, k), threshold=0.01)
+        for stem, figure in figures.BY_STEM.items():
+            if figure.source == "metrics":
+                fig = plots.draw(figure, args)
+                assert fig.get_suptitle() == heading, stem
+                plt.close(fig)

@@ -2,13 +2,24 @@
 1.2)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ssvae import data
-from ssvae.splits import labeled_indices, read_split, write_split
+from ssvae.splits import (
+    LABELS_SUFFIX_PATTERN,
+    MAX_LABELS_PER_CLASS,
+    labeled_indices,
+    labels_per_class_of,
+    labels_root,
+    labels_suffix,
+    read_split,
+    split_path,
+    write_split,
+)
 
 SEEDS = range(1, 11)
 SEED_1_FIRST_FIVE = [2121, 34989, 4911, 47275, 49675]
@@ -19,8 +30,9 @@ def train_y(prepared_mnist: Path) -> np.ndarray:
     return data.load(prepared_mnist)["train_y"]
 
 
-def original_draw(train_y: np.ndarray, seed: int) -> list[int]:
-    """The original's procedure on the legacy global RNG, which is restored afterwards."""
+def original_draw(train_y: np.ndarray, seed: int, nlabelsperclass: int = 10) -> list[int]:
+    """The original's procedure on the legacy global RNG, which is restored afterwards; its
+    nlabelsperclass is 10."""
     saved_state = np.random.get_state()
     try:
         np.random.seed(10 * seed)
@@ -29,7 +41,7 @@ def original_draw(train_y: np.ndarray, seed: int) -> list[int]:
             members_of_class = np.nonzero(train_y == label)[0]
             perm = np.arange(len(members_of_class))
             np.random.shuffle(perm)
-            drawn.extend(members_of_class[perm[:10]].tolist())
+            drawn.extend(members_of_class[perm[:nlabelsperclass]].tolist())
         return drawn
     finally:
         np.random.set_state(saved_state)
@@ -58,6 +70,33 @@ def test_different_seeds_give_different_subsets(train_y: np.ndarray) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_matches_the_original_draw_on_the_global_rng(train_y: np.ndarray, seed: int) -> None:
     assert labeled_indices(train_y, seed).tolist() == original_draw(train_y, seed)
+
+
+@pytest.mark.parametrize("per_class", [1, 3, 60, 300, MAX_LABELS_PER_CLASS])
+@pytest.mark.parametrize("seed", [1, 7])
+def test_another_label_count_is_the_original_draw_with_it(
+    train_y: np.ndarray, seed: int, per_class: int
+) -> None:
+    indices = labeled_indices(train_y, seed, per_class)
+    assert indices.tolist() == original_draw(train_y, seed, per_class)
+    assert train_y[indices].tolist() == np.repeat(np.arange(10), per_class).tolist()
+
+
+def test_the_most_labels_a_class_is_the_smallest_class(train_y: np.ndarray) -> None:
+    assert np.bincount(train_y).min() == MAX_LABELS_PER_CLASS
+
+
+def test_label_counts_other_than_the_originals_have_their_own_paths() -> None:
+    """The original's 10 a class keep today's paths: a 100-label build stays where it is."""
+    assert split_path(10, 3) == "results/splits/seed3.json"
+    assert split_path(1, 3) == "results/splits/labels_per_class1/seed3.json"
+    assert labels_root("results/smoke", 10) == "results/smoke"
+    assert labels_root("results/smoke", 60) == "results/smoke/labels_per_class60"
+    for k in (1, 10, 60):
+        suffix = labels_suffix(k)
+        assert re.fullmatch(LABELS_SUFFIX_PATTERN, suffix)
+        assert labels_per_class_of(suffix) == k
+    assert not re.fullmatch(LABELS_SUFFIX_PATTERN, "/labels_per_class0")
 
 
 def test_seed_1_regression_value(train_y: np.ndarray) -> None:

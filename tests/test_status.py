@@ -187,3 +187,24 @@ def test_config_errors_are_one_line(workdir: Path) -> None:
         ["ssvae-status"], cwd=workdir / "..", capture_output=True, text=True, timeout=60
     )
     assert elsewhere.stderr.startswith("ssvae-status: error: config.yaml: cannot be read")
+
+
+def test_each_label_count_has_its_rows(workdir: Path) -> None:
+    result = subprocess.run(
+        ["ssvae-status", "--configfile", "preset.yaml", "--config", "labels_per_class=[1,10]"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "results: 2 runs x 4 seeds x 2 label counts, epochs 0..40"
+    assert lines[1].split() == ["labels", "run", "seed", "state", "detail"]
+    rows = [line.split() for line in lines[2:-1]]
+    assert [(row[0], row[1], row[2]) for row in rows[:2]] == [
+        ("10", "MLP", "1"),
+        ("10", "MLP", "2"),
+    ]
+    assert sorted({row[0] for row in rows}) == ["10", "100"] and len(rows) == 16
+    assert lines[-1].startswith("16 seeds: 0 done")

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -586,3 +587,43 @@ def test_a_preset_never_touches_another_configurations_results(
     assert "Nothing to be done" in again.stdout + again.stderr
     for path, (mtime, content) in longer_files.items():
         assert (path.stat().st_mtime_ns, path.read_bytes()) == (mtime, content), path
+
+
+def test_a_label_count_added_trains_only_its_own_jobs(
+    built: Path, tmp_path: Path, mnist_dir: Path
+) -> None:
+    """labels_per_class [1, 10] on the 100-label smoke build: only the (run, seed) jobs at 1
+    label a class train; nothing of the 100-label build is retrained, moved or rewritten. The
+    new count has its splits, runs, figures and report under its own paths, and the figure
+    across label counts is drawn; one (run, seed, k) target reruns alone."""
+    workdir = tmp_path / "wf"
+    shutil.copytree(built, workdir, symlinks=True)
+    before = {path: t for path, t in mtimes(workdir).items() if "logs" not in path.parts}
+    axis = ("labels_per_class=[1,10]",)
+    planned = planned_jobs(workdir, mnist_dir, config=axis)
+    assert planned["train"] == len(RUNS) * len(SEEDS)
+    assert planned["labeled_split"] == len(SEEDS)
+    snakemake(workdir, mnist_dir, config=axis)
+    assert {path: t for path, t in mtimes(workdir).items() if path in before} == before
+
+    one = workdir / SMOKE_RESULTS / "labels_per_class1"
+    for seed in SEEDS:
+        split = json.loads(
+            (workdir / f"results/splits/labels_per_class1/seed{seed}.json").read_text()
+        )
+        assert split["labels_per_class"] == 1 and len(split["indices"]) == 10
+        for run in RUNS:
+            run_file = one / f"runs/{run}/seed{seed}/run.h5"
+            assert runfile.read_attrs(run_file)["labels_per_class"] == 1
+    report = (one / "report.md").read_text()
+    assert report.startswith("# Results: semi-supervised VAEs on MNIST with 10 labels (1 a class)")
+    assert "## Paired with ExactM2" in report
+    summary = pd.read_csv(one / "metrics/summary.csv")
+    assert summary.labels_per_class.tolist() == [1, 1]
+    assert summary.set_index("run").test_accuracy_diff_mean.notna().tolist() == [False, True]
+    figure = workdir / SMOKE_RESULTS / "plots/accuracy_vs_labels"
+    assert figure.with_suffix(".png").is_file() and figure.with_suffix(".pdf").is_file()
+
+    target = f"{SMOKE_RESULTS}/labels_per_class1/runs/MLP/seed2/run.h5"
+    forced = planned_jobs(workdir, mnist_dir, target, "--forcerun", target, config=axis)
+    assert forced == {"train": 1}

@@ -43,6 +43,17 @@ def test_the_shipped_configs_are_valid(configfile: str) -> None:
         ("reference_run=M3", "reference_run = 'M3': not a run defined in runs"),
         ("epoch=5", "epoch = 5: not a known key"),
         ("seeds=[429496730]", "seeds.0 = 429496730"),
+        ("labels_per_class=[0]", "labels_per_class.0 = 0"),
+        (
+            "labels_per_class=[10,3,10]",
+            "labels_per_class = [10, 3, 10]: [10, 3, 10] has non-unique",
+        ),
+        ("labels_per_class=[]", "labels_per_class = []"),
+        (
+            "labels_per_class=[10,4507]",
+            "labels_per_class = 4507: more labeled images a class than the 4506 training images "
+            "of the smallest class (5)",
+        ),
         ("active_kl_threshold=.nan", "active_kl_threshold = nan: must be a finite number"),
         ("training={lr: .nan}", "training.lr = nan"),
         ("training={lr_floor: 0.01}", "training.lr_floor = 0.01: must be at most lr (0.0005)"),

@@ -16,7 +16,9 @@ VECTOR_FORMAT = "pdf"
 @dataclass(frozen=True)
 class Figure:
     stem: str  # the file name without its extension; per-run figures add _{run}_seed{seed}
-    source: str  # "metrics": the aggregated metrics of every run; "run file": one run's file
+    # "metrics": the aggregated metrics of every run; "run file": one run's file; "summaries":
+    # the summary of every label count
+    source: str
     title: str  # the report's section heading
     caption: str  # one or two sentences: what is drawn, and how to read it
     category: str  # the category of snakemake's report
@@ -101,7 +103,20 @@ FIGURES = (
         ("label",),
     ),
 )
-BY_STEM = {figure.stem: figure for figure in FIGURES}
+# Drawn across the label counts of a configuration (labels_per_class), from each one's summary.
+LABEL_COUNT_FIGURE = Figure(
+    "accuracy_vs_labels",
+    "summaries",
+    "Accuracy against the number of labels",
+    "Validation accuracy at the last epoch (left) and test accuracy (right) of every run against "
+    "the number of labeled images (log axis): the mean over seeds with its 95% interval "
+    "(Student's t, clipped to [0, 1]). Black diamonds: M2 of Kingma, Rezende, Mohamed and "
+    "Welling, Semi-supervised learning with deep generative models (NeurIPS 2014), Table 1, "
+    "test accuracy with its reported standard deviation, where published (beyond the original).",
+    "Comparison",
+    ("published",),
+)
+BY_STEM = {figure.stem: figure for figure in (*FIGURES, LABEL_COUNT_FIGURE)}
 
 
 def metrics_path(results_dir: str) -> str:

@@ -195,7 +195,9 @@ def new_seed(cfg: TrainConfig, files: SeedFiles, data_digest: str, device: torch
         )
     retrain = store.pending_retrain(files.out)
     fingerprint = checkpoint.fingerprint(cfg.to_json(), retrain)
-    how = computation(cfg, fingerprint, device, compiled)
+    how = computation(cfg, fingerprint, device, compiled) | {
+        "labels_per_class": split["labels_per_class"]
+    }
     seed = Seed(cfg, files, fingerprint, how, split, retrain=retrain)
     if result_store is not None:
         key = store.result_key(cfg.to_json(), fingerprint["code"], data_digest, split["sha256"])

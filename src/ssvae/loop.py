@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from ssvae import checkpoint, compute, runfile, store
 from ssvae.config import TrainConfig
 from ssvae.errors import UserError
 from ssvae.images import Images, binarize, load_images
+from ssvae.io import OutputError
 from ssvae.models.base import Model, SemiSupervisedVAE
 from ssvae.nn import N_CLASSES, Z_DIM
 from ssvae.progress import DIVERGED, DONE, INTERRUPTED, Progress, duration
@@ -52,7 +54,9 @@ class Group:
     optimizer: torch.optim.Optimizer
     step_fn: compute.TrainingStep
     started: float  # time.perf_counter() when the group began
+    log: Callable
     first_epoch: int = 0  # the epoch this attempt began in
+    progress_unwritable: bool = False  # said once in the log
 
     @property
     def n_params(self) -> int:
@@ -86,8 +90,19 @@ class Group:
             written.append(str(seed.files.checkpoint))
             seed.progress.checkpoint_epoch = next_epoch
             seed.progress.checkpoint_step = 0 if progress is None else progress.steps_done
-            seed.progress.write(seed.files.out)
+            self.report_progress(seed)
         return written
+
+    def report_progress(self, seed: Seed) -> None:
+        """The seed's progress file, rewritten. It is for people watching (ssvae-status): a
+        file that cannot be written (a full disk) is said once in the log, and training goes on
+        to fail, if it must, where its results are written."""
+        try:
+            seed.progress.write(seed.files.out)
+        except OutputError as err:
+            if not self.progress_unwritable:
+                self.log(f"{err}; ssvae-status will not see where this job stands", flush=True)
+            self.progress_unwritable = True
 
     def start_progress(self, first_epoch: int) -> None:
         """Each seed's progress file says that this process trains it, from `first_epoch`."""
@@ -99,7 +114,7 @@ class Group:
                 progress = seed.saved["progress"]
                 seed.progress.checkpoint_step = 0 if progress is None else progress["steps_done"]
             self.note_validation(seed)
-            seed.progress.write(seed.files.out)
+            self.report_progress(seed)
         self.first_epoch = first_epoch
 
     def epoch_done(self, epoch: int) -> float:
@@ -110,7 +125,7 @@ class Group:
             if not seed.diverged:
                 seed.progress.epoch, seed.progress.seconds_per_epoch = epoch, per_epoch
                 self.note_validation(seed)
-                seed.progress.write(seed.files.out)
+                self.report_progress(seed)
         return (self.seeds[0].cfg.epochs - epoch) * per_epoch
 
     @staticmethod
@@ -130,7 +145,8 @@ def train_group(seeds: list[Seed], arrays: dict[str, np.ndarray], device: torch.
     cfg = seeds[0].cfg
     images = load_images(arrays, [seed.split for seed in seeds], device)
     model, optimizer = build_training(cfg, [seed.cfg.seed for seed in seeds], device)
-    group = Group(seeds, model, optimizer, training_step(model, images, compiled, log), started)
+    step_fn = training_step(model, images, compiled, log)
+    group = Group(seeds, model, optimizer, step_fn, started, log)
     step = "compiled" if compiled else "eager"
     log(f"{cfg.run} {seed_names(seeds)}: {cfg.model}, {group.n_params:,} parameters per seed, "
         f"device {device}, epochs 0..{cfg.epochs} x {cfg.steps_per_epoch} steps, step {step}, "
@@ -195,7 +211,7 @@ def preempt(group: Group, progress: EpochProgress) -> None:
     for seed in group.seeds:
         if not seed.diverged:
             seed.progress.state = INTERRUPTED
-            seed.progress.write(seed.files.out)
+            group.report_progress(seed)
     if group.seeds[0].files.checkpoint is None:
         raise Preempted(stopped)
     written = group.save_checkpoints(progress.epoch, progress)
@@ -219,7 +235,7 @@ def mark_diverged(group: Group, epoch: int, bad_steps: list[int], log) -> None:
             f"{bad_step}; the epochs before it are kept in {kept}"
         )
         seed.progress.state, seed.progress.diverged_at = DIVERGED, f"epoch {epoch}, step {bad_step}"
-        seed.progress.write(seed.files.out)
+        group.report_progress(seed)
         log(seed.diverged, flush=True)
 
 
@@ -277,7 +293,7 @@ def write_results(group: Group, result_store: store.ResultStore | None) -> None:
         if seed.files.checkpoint is not None:
             seed.files.checkpoint.unlink(missing_ok=True)
         seed.progress.state, seed.progress.checkpoint_epoch = DONE, None
-        seed.progress.write(seed.files.out)
+        group.report_progress(seed)
 
 
 def epoch_means(progress: EpochProgress, cfg: TrainConfig, model):

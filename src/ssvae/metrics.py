@@ -34,6 +34,7 @@ from ssvae import runfile
 from ssvae.cli import entry_point_parser
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.io import read_hdf5, write_atomic
+from ssvae.splits import ORIGINAL_LABELS_PER_CLASS
 
 TABLE_COLUMNS = ("run", "seed", "split", "epoch", "metric", "value")
 RUN_COLUMNS = ("run", "label", "model", "order", "palette_index", "seeds_configured")
@@ -107,6 +108,12 @@ def read_reference_run(path: Path) -> str | None:
     """The run the paired differences are to; None when it was not among the compared runs."""
     with read_hdf5(path) as f:
         return str(f.attrs.get("reference_run", "")) or None
+
+
+def read_labels_per_class(path: Path) -> int:
+    """The labeled images per class of every run the table holds."""
+    with read_hdf5(path) as f:
+        return int(f.attrs.get("labels_per_class", ORIGINAL_LABELS_PER_CLASS))
 
 
 def read_seeds(path: Path) -> pd.DataFrame:
@@ -262,10 +269,12 @@ def z_kl_rows(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_csv: Path,
-              reference_run: str | None = None) -> None:  # fmt: skip
+              reference_run: str | None = None,
+              labels_per_class: int = ORIGINAL_LABELS_PER_CLASS) -> None:  # fmt: skip
     """`runs` maps run id to {"label", "model", "palette_index", "seeds"}, in the order figures
     should use; `palette_index` keeps a run's colour when the comparison changes. Paired
-    differences are to `reference_run`, when it is one of `runs`."""
+    differences are to `reference_run`, when it is one of `runs`. Every run file is of runs
+    with `labels_per_class` labeled images a class, which the table and summary record."""
     if reference_run is not None and reference_run not in runs:
         reference_run = None  # not compared this time: no pairs to form
     table = pd.concat([tidy_history(path) for path in run_files], ignore_index=True)
@@ -294,11 +303,13 @@ def aggregate(run_files: list[Path], runs: dict[str, dict], out_h5: Path, out_cs
             "given twice"
         )
     summary = summarize(table, run_frame, seed_frame, reference_run)
+    summary.insert(3, "labels_per_class", labels_per_class)
     z_kl = [z_kl_rows(path) for path in run_files]
     z_kl_with_rows = [kl for rows, kl in z_kl if len(rows)]
     aggregated = io.BytesIO()
     with h5py.File(aggregated, "w") as f:
         f.attrs["reference_run"] = reference_run or ""
+        f.attrs["labels_per_class"] = labels_per_class
         _write_frame(f.create_group("table"), table)
         _write_frame(f.create_group("runs"), run_frame)
         _write_frame(f.create_group("seeds"), seed_frame)
@@ -325,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         "--reference-run",
         help="the run each run is compared with seed by seed (paired differences)",
     )
+    parser.add_argument(
+        "--labels-per-class",
+        type=int,
+        default=ORIGINAL_LABELS_PER_CLASS,
+        help="the labeled images a class of the runs' splits",
+    )
     parser.add_argument("--out-h5", type=Path, required=True, help="aggregated .h5 to write")
     parser.add_argument("--out-csv", type=Path, required=True, help="summary CSV to write")
     args = parser.parse_args(argv)
@@ -333,5 +350,6 @@ def main(argv: list[str] | None = None) -> None:
             runs = json.loads(args.runs)
         except json.JSONDecodeError as err:
             raise InputError(f"--runs is not valid JSON ({err})") from None
-        aggregate(args.run_files, runs, args.out_h5, args.out_csv, args.reference_run)
+        aggregate(args.run_files, runs, args.out_h5, args.out_csv, args.reference_run,
+                  args.labels_per_class)  # fmt: skip
     print(f"wrote {args.out_h5} and {args.out_csv}")

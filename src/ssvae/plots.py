@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ssvae import figures, metrics, runfile  # noqa: E402
@@ -16,6 +17,7 @@ from ssvae.cli import entry_point_parser  # noqa: E402
 from ssvae.config import config_value  # noqa: E402
 from ssvae.errors import exit_on_user_error  # noqa: E402
 from ssvae.io import write_atomic  # noqa: E402
+from ssvae.splits import N_CLASSES  # noqa: E402
 
 STYLE = "seaborn-v0_8-darkgrid"  # as the original
 DPI = figures.PNG_DPI
@@ -109,6 +111,11 @@ def _caption_seed_means(fig, n_seeds: set, absent: list[str] = ()) -> None:
     text = f"line: mean over seeds ({seeds} per run); band: ± 1 standard deviation across seeds"
     if absent:
         text += f"\nnot drawn, having no latent space: {', '.join(absent)}"
+    _caption(fig, text)
+
+
+def _caption(fig, text: str) -> None:
+    """`text` under the axes, at the figure's foot."""
     caption = fig.text(0.01, 0.012, text, fontsize=11, color="0.25", linespacing=1.3)
     # The constrained layout places the axes and legends only: keep them above the caption.
     top = caption.get_window_extent(fig.canvas.get_renderer()).y1 / fig.bbox.height
@@ -171,6 +178,64 @@ def active_dims_figure(active, runs, threshold: float):
         ax.set_ylim(0, Z_DIMENSIONS)
         _caption_seed_means(fig, n_seeds, absent)
     return fig
+
+
+def labels_title(labels_per_class: int) -> str:
+    return f"{N_CLASSES * labels_per_class:,} labeled images ({labels_per_class} a class)"
+
+
+def accuracy_vs_labels_figure(tables: list[str], published):
+    """Last-epoch validation and test accuracy of every run against the number of labeled
+    images, log axis: the mean over seeds with its 95% interval, one metrics table per label
+    count; the published M2 test accuracy beside them at the label counts compared (beyond the
+    original), TWO_PANELS inches."""
+    points = accuracy_by_label_count(tables)
+    counts = sorted(points.labels.unique())
+    published = published[published.labels.isin(counts)]
+    with plt.style.context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=TWO_PANELS, dpi=DPI, layout="constrained")
+        for ax, (name, title) in zip(axes, LABEL_COUNT_PANELS.items(), strict=True):
+            for _, rows in points[points.statistic == name].groupby("run", sort=False):
+                below, above = rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]
+                ax.errorbar(rows.labels, rows["mean"], yerr=[below.fillna(0), above.fillna(0)],
+                            color=run_colour(rows.palette_index.iloc[0]), marker="o",
+                            capsize=4, label=rows.label.iloc[0])  # fmt: skip
+            if name == "test_accuracy" and not published.empty:
+                ax.errorbar(published.labels, 1 - published.test_error_percent / 100,
+                            yerr=published.std_percent / 100, color="black", marker="D",
+                            linestyle="none", capsize=4, label=PUBLISHED_M2)  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xticks(counts, [f"{n:,}" for n in counts])
+            ax.minorticks_off()
+            ax.set_title(title)
+            ax.set_xlabel("labeled images (log scale)")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=10)
+        _caption(fig, "point: mean over seeds; bar: its 95% interval (Student's t, clipped to "
+                 "[0, 1])")  # fmt: skip
+    return fig
+
+
+LABEL_COUNT_PANELS = {
+    "valid_accuracy_last": "validation accuracy at the last epoch",
+    "test_accuracy": "test accuracy",
+}
+PUBLISHED_M2 = "M2, Kingma et al. (2014), Table 1"
+
+
+def accuracy_by_label_count(tables: list[str]):
+    """One row per (label count, run, statistic): mean over seeds and its 95% interval."""
+    rows = []
+    for path in tables:
+        table, runs = metrics.read_table(path), metrics.read_runs(path).sort_values("order")
+        labels = N_CLASSES * metrics.read_labels_per_class(path)
+        for run in runs.itertuples():
+            for name, values in metrics.per_seed_accuracies(table, run.run).items():
+                rows.append({"run": run.run, "label": run.label, "order": run.order,
+                             "palette_index": run.palette_index, "labels": labels,
+                             "statistic": name} | metrics.mean_interval(values))  # fmt: skip
+    return pd.DataFrame(rows).sort_values(["order", "labels"])
 
 
 SIDE, GAP, BLOCK_GAP, BLOCK_ROWS, BLOCK_COLS = 28, 3, 12, 4, 25  # docs/original.md 5.3, in pixels
@@ -313,6 +378,11 @@ def _kl_z_mean(args):
     return kl_mean_heatmap_figure(z_stats["epoch"], z_stats["kl_per_dim_mean"], args.label, seed)
 
 
+def _accuracy_vs_labels(args):
+    published = pd.read_csv(args.published, comment="#")
+    return accuracy_vs_labels_figure(args.label_count_metrics, published)
+
+
 # How each figure of ssvae.figures is drawn, by its stem.
 DRAW = {
     "multi_seed_accuracy": _accuracy,
@@ -322,12 +392,23 @@ DRAW = {
     "samples": _samples,
     "KL_Z": _kl_z,
     "KL_Z_valid_mean": _kl_z_mean,
+    "accuracy_vs_labels": _accuracy_vs_labels,
 }
+# The option that names each source of figures.
+SOURCE_OPTIONS = {"metrics": "metrics", "run file": "run_file", "summaries": "label_count_metrics"}
+
+
+def draw(figure: figures.Figure, args):
+    """The figure, from its sources in `args`; a comparison figure says its label count."""
+    fig = DRAW[figure.stem](args)
+    if figure.source == "metrics":
+        fig.suptitle(labels_title(metrics.read_labels_per_class(args.metrics)))
+    return fig
 
 
 def needs(figure: figures.Figure) -> list[str]:
     """The options a figure needs besides --out: its source, then its own."""
-    return ["metrics" if figure.source == "metrics" else "run_file", *figure.options]
+    return [SOURCE_OPTIONS[figure.source], *figure.options]
 
 
 def _option(name: str) -> str:
@@ -336,7 +417,8 @@ def _option(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     needed = "\n".join(
-        f"  {figure.stem:<32} {' '.join(map(_option, needs(figure)))}" for figure in figures.FIGURES
+        f"  {figure.stem:<32} {' '.join(map(_option, needs(figure)))}"
+        for figure in figures.BY_STEM.values()
     )
     parser = entry_point_parser(
         "ssvae-plot",
@@ -358,6 +440,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--label", help="the run's label in titles (per-run figures)")
     parser.add_argument(
+        "--label-count-metrics",
+        type=Path,
+        nargs="+",
+        help="the aggregated metrics .h5 of each label count (accuracy_vs_labels)",
+    )
+    parser.add_argument(
+        "--published",
+        type=Path,
+        help="CSV of published test errors by number of labels: labels, test_error_percent, "
+        "std_percent; lines starting with # are comments (accuracy_vs_labels)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help=f"PNG to write, its name ending in .png (a comparison figure's "
@@ -372,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     figure = figures.BY_STEM[args.figure]
     if figure.source == "metrics":
         args.metrics = args.metrics or Path(figures.metrics_path(args.results_dir))
+    if not figure.per_run:
         args.out = args.out or Path(figures.comparison_path(args.results_dir, figure.stem))
     elif args.out is None:
         parser.error(f"figure {args.figure} needs --out")
@@ -381,5 +476,5 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"figure {args.figure} needs {_option(missing[0])}")
     with exit_on_user_error("ssvae-plot"):
-        written = save(DRAW[args.figure](args), args.out, figure.formats)
+        written = save(draw(figure, args), args.out, figure.formats)
     print(f"wrote {', '.join(map(str, written))}")

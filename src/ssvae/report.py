@@ -14,6 +14,7 @@ from ssvae.config import config_value
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.figures import FIGURES, figure_of
 from ssvae.io import write_atomic
+from ssvae.splits import N_CLASSES, ORIGINAL_LABELS_PER_CLASS
 
 
 def read_reference(path: Path) -> pd.DataFrame:
@@ -55,12 +56,17 @@ def results_table(metrics_path: Path, reference_path: Path, threshold: float) ->
         metrics.read_seeds(metrics_path),
         metrics.read_reference_run(metrics_path),
     )
+    labels_per_class = metrics.read_labels_per_class(metrics_path)
+    summary.insert(3, "labels_per_class", labels_per_class)
     active = metrics.active_dims(metrics_path, threshold)
     last = active[active.epoch == active.groupby("run").epoch.transform("max")]
     active_last = last.groupby("run").value.agg(
         active_dims_last_mean="mean", active_dims_last_std=lambda v: v.std(ddof=1)
     )
-    table = summary.merge(read_reference(reference_path), on="label", how="left")
+    reference = read_reference(reference_path)
+    if labels_per_class != ORIGINAL_LABELS_PER_CLASS:
+        reference = reference.iloc[:0]  # the original's numbers are for its 100 labels
+    table = summary.merge(reference, on="label", how="left")
     table = table.merge(active_last, left_on="run", right_index=True, how="left")
     table["difference"] = table.valid_accuracy_best_mean - table.original_valid_accuracy
     return table
@@ -202,13 +208,21 @@ def render_markdown(
         )
     else:
         cells = "Accuracy cells are the one seed's values: an interval needs two seeds or more"
+    labels_per_class = int(table.labels_per_class.iloc[0])
     lines = [
-        "# Results: semi-supervised VAEs on MNIST with 100 labels",
+        "# Results: semi-supervised VAEs on MNIST with "
+        f"{N_CLASSES * labels_per_class:,} labels ({labels_per_class} a class)",
         "",
         f"{len(table)} runs, {n_configured} seed{'s' * (n_configured > 1)} each, epochs 0 to "
         f"{epochs}. {cells}; standard deviations are in report.csv.",
         "",
     ]
+    if labels_per_class != ORIGINAL_LABELS_PER_CLASS:
+        lines += [
+            f"**The original's numbers are for 100 labels, not {N_CLASSES * labels_per_class:,}: "
+            "the original and difference columns are empty.**",
+            "",
+        ]
     if epochs != 300:
         lines += [
             f"**These runs trained for {epochs} epochs, the original for 300: the difference "

@@ -8,6 +8,7 @@ Layout (metric names keep the original's slashes, so "p(x)/KL_Z" is a nested gro
                        name on CUDA), compile_requested (compiling asked for), step_compiled,
                        step_captured (the step ran compiled; as CUDA graphs),
                        compile_fallback (why compiling failed, "" if it did not), tf32,
+                       labels_per_class (of its labeled split),
                        n_params, ssvae_version, cpu_threads,
                        status (complete or diverged), wall_seconds (training, from start
                        to this write, over every attempt), seeds_in_job (the seeds trained

@@ -14,9 +14,41 @@ from ssvae.io import DamagedFile, sha256, write_atomic
 N_CLASSES = 10
 MAX_SEED = (2**32 - 1) // 10  # RandomState(10 * seed) takes 32-bit seeds
 SPLIT_FORMAT = 2  # 2: the file records the sha256 of its content
+ORIGINAL_LABELS_PER_CLASS = 10
+# The fewest training images of a class among the 50,000 (digit 5): the most labels a class has.
+MAX_LABELS_PER_CLASS = 4506
+SPLITS_DIR = "results/splits"  # shared by every configuration
 
 
-def labeled_indices(train_y: np.ndarray, seed: int, per_class: int = 10) -> np.ndarray:
+def labels_suffix(labels_per_class: int) -> str:
+    """What a directory's name gains for a label count: nothing for the original's 10 a class (a
+    100-label build stays where it was), "/labels_per_class<k>" for any other."""
+    if labels_per_class == ORIGINAL_LABELS_PER_CLASS:
+        return ""
+    return f"/labels_per_class{labels_per_class}"
+
+
+# Matches what labels_suffix gives, and nothing else.
+LABELS_SUFFIX_PATTERN = r"(/labels_per_class[1-9]\d*)?"
+
+
+def labels_per_class_of(suffix: str) -> int:
+    """The label count a suffix of labels_suffix says."""
+    return int(suffix.removeprefix("/labels_per_class")) if suffix else ORIGINAL_LABELS_PER_CLASS
+
+
+def labels_root(results_dir: str, labels_per_class: int) -> str:
+    """Where a configuration keeps what depends on the label count: its runs, metrics, figures
+    and report."""
+    return f"{results_dir}{labels_suffix(labels_per_class)}"
+
+
+def split_path(labels_per_class: int, seed: int) -> str:
+    return f"{labels_root(SPLITS_DIR, labels_per_class)}/seed{seed}.json"
+
+
+def labeled_indices(train_y: np.ndarray, seed: int,
+                    per_class: int = ORIGINAL_LABELS_PER_CLASS) -> np.ndarray:  # fmt: skip
     """Indices into the 50,000 training images, grouped by class 0..9.
 
     The original seeds the legacy global NumPy RNG with 10*seed, then for each class shuffles
@@ -32,7 +64,8 @@ def labeled_indices(train_y: np.ndarray, seed: int, per_class: int = 10) -> np.n
     return np.concatenate(chosen)
 
 
-def write_split(train_y: np.ndarray, seed: int, out_path: Path, per_class: int = 10) -> dict:
+def write_split(train_y: np.ndarray, seed: int, out_path: Path,
+                per_class: int = ORIGINAL_LABELS_PER_CLASS) -> dict:  # fmt: skip
     indices = labeled_indices(train_y, seed, per_class)
     split = {
         "seed": seed,
@@ -84,7 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seed", type=int, required=True, help=f"0..{MAX_SEED}; NumPy's RandomState(10*seed)"
     )
-    parser.add_argument("--labels-per-class", type=int, default=10, help="labeled images a class")
+    parser.add_argument(
+        "--labels-per-class",
+        type=int,
+        default=ORIGINAL_LABELS_PER_CLASS,
+        help=f"labeled images a class: 1..{MAX_LABELS_PER_CLASS}",
+    )
     parser.add_argument("--out", type=Path, required=True, help="split JSON to write")
     args = parser.parse_args(argv)
     if not 0 <= args.seed <= MAX_SEED:
@@ -92,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
             f"ssvae-split: error: --seed must be 0..{MAX_SEED} (NumPy seeds with 10*seed), "
             f"got {args.seed}"
         )
-    if not 1 <= args.labels_per_class <= 4000:
+    if not 1 <= args.labels_per_class <= MAX_LABELS_PER_CLASS:
         sys.exit(
-            f"ssvae-split: error: --labels-per-class must be 1..4000, got {args.labels_per_class}"
+            f"ssvae-split: error: --labels-per-class must be 1..{MAX_LABELS_PER_CLASS} (the "
+            f"training images of the smallest class), got {args.labels_per_class}"
         )
     with exit_on_user_error("ssvae-split"):
         train_y = data.load(args.data)["train_y"]

@@ -18,6 +18,7 @@ from ssvae.config import ConfigError
 from ssvae.errors import InputError, exit_on_user_error
 from ssvae.progress import DIVERGED, DONE, INTERRUPTED, TRAINING, Progress, duration, read_progress
 from ssvae.runfile import checkpoint_path, diverged_path, run_file_path
+from ssvae.splits import N_CLASSES, ORIGINAL_LABELS_PER_CLASS, labels_root
 from ssvae.workflow_config import validate
 
 NOT_STARTED = "not started"
@@ -35,6 +36,7 @@ class SeedStatus:
     detail: str = ""
     epochs_left: int = 0  # epochs it has still to train, as far as it is known
     seconds_per_epoch: float | None = None  # measured by its job, if it has trained
+    labels: int = N_CLASSES * ORIGINAL_LABELS_PER_CLASS  # labeled images of its split
 
 
 def load_config(configfiles: list[Path], overrides: list[str]) -> dict:
@@ -117,19 +119,24 @@ def validation(progress: Progress | None) -> str:
 
 
 def comparison_status(config: dict, now: float) -> list[SeedStatus]:
-    """Every (run, seed) the config compares, in its order."""
-    results, epochs = config["results_dir"], config["epochs"]
-    return [
-        seed_status(run_file_path(results, run, seed), run, seed, epochs, now)
-        for run in config["compare"]
-        for seed in config["seeds"]
-    ]
+    """Every (run, seed) the config compares at each of its label counts, in its order."""
+    statuses = []
+    for k in config["labels_per_class"]:
+        root = labels_root(config["results_dir"], k)
+        for run in config["compare"]:
+            for seed in config["seeds"]:
+                status = seed_status(
+                    run_file_path(root, run, seed), run, seed, config["epochs"], now
+                )
+                status.labels = N_CLASSES * k
+                statuses.append(status)
+    return statuses
 
 
 def time_left(statuses: list[SeedStatus]) -> str:
     """The comparison's time left at the present rate: the epochs left of every seed at its
     run's measured pace, shared among the seeds training now."""
-    paces = {}
+    paces = {}  # a run's pace does not depend on its label count
     for status in statuses:
         if status.seconds_per_epoch is not None:
             paces.setdefault(status.run, []).append(status.seconds_per_epoch)
@@ -160,13 +167,16 @@ def time_left(statuses: list[SeedStatus]) -> str:
 
 def report(config: dict, statuses: list[SeedStatus]) -> str:
     width = max(len("run"), *(len(status.run) for status in statuses))
+    label_counts = len(config["labels_per_class"])
+    several = label_counts > 1  # then a column says each seed's number of labeled images
     lines = [
-        f"{config['results_dir']}: {len(config['compare'])} runs x {len(config['seeds'])} seeds, "
-        f"epochs 0..{config['epochs']}",
-        f"{'run':<{width}}  {'seed':>4}  {'state':<12} detail",
+        f"{config['results_dir']}: {len(config['compare'])} runs x {len(config['seeds'])} seeds"
+        f"{f' x {label_counts} label counts' if several else ''}, epochs 0..{config['epochs']}",
+        f"{'labels  ' * several}{'run':<{width}}  {'seed':>4}  {'state':<12} detail",
     ]
     for status in statuses:
-        row = f"{status.run:<{width}}  {status.seed:>4}  {status.state:<12} {status.detail}"
+        labels = f"{status.labels:>6}  " if several else ""
+        row = f"{labels}{status.run:<{width}}  {status.seed:>4}  {status.state:<12} {status.detail}"
         lines.append(row.rstrip())
     counts = [
         f"{sum(status.state == state for status in statuses)} {state}"

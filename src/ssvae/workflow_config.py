@@ -5,6 +5,7 @@ calls `validate`; tests call it in-process."""
 import yaml
 
 from ssvae.config import SCHEMA, ConfigError, SettingError, check, run_settings
+from ssvae.splits import MAX_LABELS_PER_CLASS
 
 
 def validate(config: dict) -> None:
@@ -19,6 +20,14 @@ def validate(config: dict) -> None:
                 "reference_run",
                 config["reference_run"],
                 f"not a run defined in runs (defined: {', '.join(config['runs'])})",
+            )
+        too_many = [k for k in config["labels_per_class"] if k > MAX_LABELS_PER_CLASS]
+        if too_many:
+            raise SettingError(
+                "labels_per_class",
+                too_many[0],
+                f"more labeled images a class than the {MAX_LABELS_PER_CLASS} training images "
+                "of the smallest class (5)",
             )
         undefined = [run for run in config["compare"] if run not in config["runs"]]
         if undefined:

@@ -14,6 +14,7 @@ from ssvae.workflow_config import validate
 from ssvae.figures import (
     BY_STEM,
     FIGURES,
+    LABEL_COUNT_FIGURE,
     VECTOR_FORMAT,
     comparison_path,
     metrics_path,
@@ -21,7 +22,15 @@ from ssvae.figures import (
 )
 from ssvae.models import MODELS
 from ssvae import runfile
-from ssvae.splits import SPLIT_FORMAT
+from ssvae.splits import (
+    N_CLASSES,
+    ORIGINAL_LABELS_PER_CLASS,
+    SPLIT_FORMAT,
+    LABELS_SUFFIX_PATTERN,
+    SPLITS_DIR,
+    labels_per_class_of,
+    labels_suffix,
+)
 from ssvae.store import request_retrain
 
 
@@ -41,16 +50,35 @@ validate_config(config)
 # their content.
 MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
-SPLIT_FILE = "results/splits/seed{seed}.json"
+SPLIT_FILE = f"{SPLITS_DIR}{{labels}}/seed{{seed}}.json"
 # Everything else of a configuration lives under its results_dir, so that a preset (the smoke
 # run) never writes over another configuration's results.
 RESULTS = config["results_dir"]
-RUN_FILE = f"{RESULTS}/{runfile.RUN_FILE}"
+# What depends on the label count lives under results_dir plus {labels}: nothing for the
+# original's 10 labels a class, a directory labels_per_class<k> for any other
+# (ssvae.splits.labels_suffix; the Snakefile constrains {labels} to these).
+LABELS_ROOT = f"{RESULTS}{{labels}}"
+RUN_FILE = f"{LABELS_ROOT}/{runfile.RUN_FILE}"
 # Finished run files by what they computed (ssvae.store): what a training job recovers from.
 RESULT_STORE = f"{RESULTS}/store"
-METRICS_H5 = metrics_path(RESULTS)
+METRICS_H5 = metrics_path(LABELS_ROOT)
+ACCURACY_VS_LABELS = comparison_path(RESULTS, LABEL_COUNT_FIGURE.stem)
+
+
+def labels_per_class(wildcards):
+    """The label count a job's {labels} names."""
+    return labels_per_class_of(wildcards.labels)
+
+
+def label_suffixes():
+    """{labels} of each configured label count, in config order."""
+    return [labels_suffix(k) for k in config["labels_per_class"]]
+
+
 # The original's 10-seed numbers per run label (docs/original.md, section 8).
 REFERENCE_RESULTS = "workflow/resources/reference_results.csv"
+# Kingma et al.'s (2014) M2 by number of labels, drawn beside the runs across label counts.
+PUBLISHED_M2 = "workflow/resources/kingma2014_m2.csv"
 # Source files whose edits must re-render what they produce (and nothing upstream).
 PACKAGE_DIR = Path(workflow.basedir).parent / "src" / "ssvae"
 
@@ -79,9 +107,9 @@ def refuse_undefined_run(wildcards):
     )
 
 
-def run_files():
-    """Every (run, seed) training output that the config names."""
-    return expand(RUN_FILE, run=run_ids(), seed=config["seeds"])
+def run_files(labels):
+    """Every (run, seed) training output that the config names, at one label count."""
+    return expand(RUN_FILE, labels=labels, run=run_ids(), seed=config["seeds"])
 
 
 def seed_packs():
@@ -142,18 +170,36 @@ def figure_seed():
     return 2 if 2 in config["seeds"] else config["seeds"][0]
 
 
-def all_figures():
-    """Every figure of the comparison, in the order of the figure table (the report's order):
-    the per-run figures for each compared run that has a decoder, of the figure seed."""
+def all_figures(labels):
+    """Every figure of the comparison at one label count, in the order of the figure table
+    (the report's order): the per-run figures for each compared run that has a decoder, of the
+    figure seed."""
+    root = f"{RESULTS}{labels}"
     paths = []
     for figure in FIGURES:
-        if not figure.per_run:
-            paths.append(comparison_path(RESULTS, figure.stem))
-            continue
-        for run in run_ids():
-            if MODELS[config["runs"][run]["model"]].has_decoder:
-                paths.append(per_run_path(RESULTS, figure.stem, run, figure_seed()))
+        if figure.source == "metrics":
+            paths.append(comparison_path(root, figure.stem))
+        elif figure.per_run:
+            for run in run_ids():
+                if MODELS[config["runs"][run]["model"]].has_decoder:
+                    paths.append(per_run_path(root, figure.stem, run, figure_seed()))
     return paths
+
+
+def final_outputs():
+    """Everything a plain snakemake call builds: at each label count its report, figures and
+    summary, and with two or more label counts the figure across them."""
+    outputs = []
+    for labels in label_suffixes():
+        root = f"{RESULTS}{labels}"
+        outputs += [
+            f"{root}/report.md",
+            *all_figures(labels),
+            f"{root}/metrics/summary.csv",
+        ]
+    if len(config["labels_per_class"]) > 1:
+        outputs.append(ACCURACY_VS_LABELS)
+    return outputs
 
 
 def figure_options(wildcards):
@@ -177,13 +223,24 @@ def figure_category(wildcards):
 def figure_labels(wildcards):
     """The columns snakemake's report shows for a figure."""
     labels = {"figure": BY_STEM[wildcards.figure].title}
+    labels["labeled images"] = str(N_CLASSES * labels_per_class(wildcards))
     if "run" in wildcards.keys():
         labels |= {"run": wildcards.run, "seed": wildcards.seed}
     return labels
 
 
 def run_label(wildcards):
-    return config["runs"][wildcards.run]["label"]
+    """A run's label in its per-run figures' titles, with the label count where it is not the
+    original's."""
+    label = config["runs"][wildcards.run]["label"]
+    if labels_per_class(wildcards) != ORIGINAL_LABELS_PER_CLASS:
+        label += f", {N_CLASSES * labels_per_class(wildcards):,} labels"
+    return label
+
+
+def label_count_metrics():
+    """The metrics table of every configured label count, in config order."""
+    return [metrics_path(f"{RESULTS}{labels}") for labels in label_suffixes()]
 
 
 def is_training_rule(name):

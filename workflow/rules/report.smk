@@ -2,21 +2,21 @@ rule report:
     input:
         metrics=METRICS_H5,
         reference=REFERENCE_RESULTS,
-        figures=all_figures(),
+        figures=lambda wildcards: all_figures(wildcards.labels),
         code=[PACKAGE_DIR / "report.py", PACKAGE_DIR / "figures.py"],
     output:
         md=report(
-            f"{RESULTS}/report.md",
+            f"{LABELS_ROOT}/report.md",
             caption="../report/results_table.rst",
             category="Comparison",
         ),
         csv=report(
-            f"{RESULTS}/report.csv",
+            f"{LABELS_ROOT}/report.csv",
             caption="../report/results_table.rst",
             category="Comparison",
         ),
     log:
-        f"{RESULTS}/logs/report.log",
+        f"{LABELS_ROOT}/logs/report.log",
     localrule: True
     conda:
         "../../envs/analysis.yaml"

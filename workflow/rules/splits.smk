@@ -5,7 +5,7 @@ rule labeled_split:
     output:
         split=SPLIT_FILE,
     log:
-        "results/logs/labeled_split/seed{seed}.log",
+        "results/logs/labeled_split{labels}/seed{seed}.log",
     wildcard_constraints:
         seed=r"\d+",
     localrule: True
@@ -15,5 +15,7 @@ rule labeled_split:
     params:
         # Recorded: a split written in an earlier format (without its digest) is rebuilt.
         file_format=SPLIT_FORMAT,
+        labels_per_class=labels_per_class,
     shell:
-        "ssvae-split --data {input.arrays:q} --seed {wildcards.seed} --out {output.split:q} > {log} 2>&1"
+        "ssvae-split --data {input.arrays:q} --seed {wildcards.seed} "
+        "--labels-per-class {params.labels_per_class} --out {output.split:q} > {log} 2>&1"

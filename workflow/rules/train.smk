@@ -31,7 +31,7 @@ rule train:
     output:
         run_files=RUN_FILE,
     log:
-        f"{RESULTS}/logs/train/{{run}}/seed{{seed}}.log",
+        f"{LABELS_ROOT}/logs/train/{{run}}/seed{{seed}}.log",
     wildcard_constraints:
         run=run_id_pattern(),
         seed=packed_seed_pattern(),
@@ -56,11 +56,11 @@ for pack in seed_packs():
             f"train_seeds_{'_'.join(map(str, pack))}"
         input:
             arrays=ancient(MNIST_ARRAYS),
-            splits=[ancient(SPLIT_FILE.format(seed=seed)) for seed in pack],
+            splits=[ancient(SPLIT_FILE.replace("{seed}", str(seed))) for seed in pack],
         output:
             run_files=[RUN_FILE.replace("{seed}", str(seed)) for seed in pack],
         log:
-            f"{RESULTS}/logs/train/{{run}}/seeds_{'_'.join(map(str, pack))}.log",
+            f"{LABELS_ROOT}/logs/train/{{run}}/seeds_{'_'.join(map(str, pack))}.log",
         wildcard_constraints:
             run=run_id_pattern(),
         conda:
@@ -84,7 +84,7 @@ rule undefined_run:
     output:
         run_file=RUN_FILE,
     log:
-        f"{RESULTS}/logs/train/{{run}}/seed{{seed}}.log",
+        f"{LABELS_ROOT}/logs/train/{{run}}/seed{{seed}}.log",
     wildcard_constraints:
         run=undefined_run_pattern(),
         seed=r"\d+",
