@@ -180,3 +180,41 @@ def test_bench_without_data_says_how_to_build_it(tmp_path: Path) -> None:
         f"snakemake --cores 1 {missing}"
     ]
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_baseline_times_both_sides_alternately(prepared_mnist: Path, tmp_path: Path) -> None:
+    """--baseline HEAD: the committed code against this checkout, each side in fresh
+    processes, alternately; the ratio of their median ms per step with its spread."""
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "ssvae.bench", "--baseline", "HEAD", "--runs", "MLP",
+            "--rounds", "2", "--data", str(prepared_mnist), "--device", "cpu",
+            "--warmup-steps", "1", "--steps", "5", "--late-after", "0",
+            "--out", str(tmp_path / "bench.json"),
+        ],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "baseline.json").read_text())
+    assert (report["baseline"], report["rounds"]) == ("HEAD", 2)
+    row = report["runs"]["MLP"]
+    theirs, ours = row["baseline_ms_per_step"], row["ms_per_step"]
+    assert len(theirs) == len(ours) == 2 and min(theirs + ours) > 0
+    assert row["ratio"] == pytest.approx(sum(ours) / sum(theirs))  # medians of two: means
+    # The ratio of sums lies between the rounds' ratios.
+    assert row["ratio_low"] <= row["ratio"] <= row["ratio_high"]
+    assert "MLP, round 2: baseline" in done.stdout and "against HEAD" in done.stdout
+
+
+def test_an_unknown_baseline_is_one_line(prepared_mnist: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "ssvae.bench", "--baseline", "no-such-ref", "--runs", "MLP",
+            "--data", str(prepared_mnist), "--out", str(tmp_path / "bench.json"),
+        ],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("ssvae.bench: error: --baseline no-such-ref: ")
+    assert not (tmp_path / "baseline.json").exists()

@@ -25,11 +25,12 @@ import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssvae import bench_workflow, compute, loop, runfile, step
+from ssvae import bench_baseline, bench_workflow, compute, loop, runfile, step
 from ssvae.cli import entry_point_parser
 from ssvae.config import TrainConfig, run_settings
 from ssvae.errors import exit_on_user_error
 from ssvae.images import seed_images
+from ssvae.io import write_atomic
 from ssvae.nn import SeedLinear
 
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
@@ -373,6 +374,16 @@ def command_line():
     parser.add_argument(
         "--out", type=Path, default=Path("results/bench/bench.json"), help="JSON report to write"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="instead, time this checkout's step against the code of git ref REF, alternately "
+        "in --rounds rounds of one fresh process each (ssvae.bench_baseline); written to "
+        "baseline.json beside --out",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of --baseline per run"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -383,6 +394,8 @@ def parse_args(argv):
     for name in ("warmup_steps", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if min(args.seeds_per_job) < 1:
         parser.error(f"--seeds-per-job must be at least 1, not {min(args.seeds_per_job)}")
     return args
@@ -405,6 +418,19 @@ def bench_runs(configs: dict, args, device: torch.device, compiled: bool) -> dic
     return packing
 
 
+def compare_with_baseline(args, runs: list[str]) -> None:
+    """Each run's step, this checkout against --baseline, alternately (ssvae.bench_baseline)."""
+    options = worker_options(args) | {"--late-after": str(args.late_after)}
+    del options["--config"]  # each side reads its own config.yaml
+    with exit_on_user_error("ssvae.bench"):
+        report = bench_baseline.compare(args.baseline, runs, args.rounds, options)
+    out = args.out.with_name("baseline.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
+    bench_baseline.print_table(report)
+    print(f"\nwritten to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.data.is_file():
@@ -423,6 +449,10 @@ def main(argv: list[str] | None = None) -> None:
             cfg, args.data, device, compiled, args.warmup_steps, args.steps, args.late_after
         )
         print(json.dumps(result))
+        return
+
+    if args.baseline:
+        compare_with_baseline(args, runs)
         return
 
     workflow = None
