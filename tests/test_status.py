@@ -208,3 +208,67 @@ def test_each_label_count_has_its_rows(workdir: Path) -> None:
     ]
     assert sorted({row[0] for row in rows}) == ["10", "100"] and len(rows) == 16
     assert lines[-1].startswith("16 seeds: 0 done")
+
+
+def test_seeds_trained_together_share_their_jobs_epoch_time() -> None:
+    """Two seeds of MLP in one job at 4 s an epoch: 2 s a seed-epoch, and one job at work."""
+    statuses = [
+        status.SeedStatus("MLP", 1, status.TRAINING, "", 10, seconds_per_epoch=4.0, seeds_in_job=2),
+        status.SeedStatus("MLP", 2, status.TRAINING, "", 10, seconds_per_epoch=4.0, seeds_in_job=2),
+        status.SeedStatus("MLP", 3, status.NOT_STARTED, "", 10),
+    ]
+    # 3 seeds x 10 epochs x 2 s, by one job.
+    assert status.time_left(statuses) == (
+        "time left at the present rate (2 seeds training at once): about 1 min"
+    )
+
+
+def test_a_retrain_asked_for_and_a_diverged_seed_retried(tmp_path: Path) -> None:
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"a finished run file")
+    (tmp_path / "run.retrain").write_text("request-1\n")
+    asked = status.seed_status(out, "MLP", 1, 40, now=0.0)
+    assert (asked.state, asked.epochs_left) == (status.NOT_STARTED, 41)
+    assert asked.detail == "a retrain is asked for: its run file will be replaced"
+
+    out.unlink()
+    (tmp_path / "run.retrain").unlink()
+    (tmp_path / "run.diverged.h5").write_bytes(b"what it had logged")
+    diverged = Progress("MLP", 1, 40, state="diverged", diverged_at="epoch 3, step 7")
+    diverged.write(out)
+    assert status.seed_status(out, "MLP", 1, 40, now=0.0).detail == (
+        "at epoch 3, step 7; its epochs in run.diverged.h5"
+    )
+    # Trained again after a change, then stopped with a checkpoint: no longer the divergence.
+    retried = Progress("MLP", 1, 40, state="interrupted", checkpoint_epoch=12)
+    retried.write(out)
+    checkpoint_path(out).write_bytes(b"a checkpoint")
+    again = status.seed_status(out, "MLP", 1, 40, now=0.0)
+    assert (again.state, again.detail, again.epochs_left) == (
+        status.INTERRUPTED,
+        "resumable from epoch 12",
+        29,
+    )
+
+
+def test_a_job_that_fails_leaves_its_seeds_interrupted(
+    workdir: Path, small_mnist: Path, monkeypatch
+) -> None:
+    """An error in training (here at the third step) is said in the progress file: a job on
+    another host is not taken for one at work until the file goes stale."""
+    config = status.load_config([workdir / "preset.yaml"], [])
+    steps = itertools.count(1)
+    forward = MLP.forward
+
+    def forward_failing_at_step_3(self, *args):
+        if self.training and next(steps) == 3:
+            raise RuntimeError("out of memory")
+        return forward(self, *args)
+
+    monkeypatch.setattr(MLP, "forward", forward_failing_at_step_3)
+    out = workdir / run_file_path(config["results_dir"], "MLP", 1)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(run_settings(config, "MLP", 1), small_mnist, split_file(small_mnist, workdir, 1),
+              out, torch.device("cpu"), log=lambda *args, **kwargs: None)  # fmt: skip
+    assert read_progress(out).state == "interrupted"
+    assert "starts again from epoch 0" in rows(ssvae_status(workdir))["MLP", 1]

@@ -111,9 +111,9 @@ def test_quickstart_shows_the_finished_build(built: Path) -> None:
     assert (built / SMOKE_RESULTS / "report.md").read_text() in printed
 
 
-def test_ci_installs_as_the_readme_says(mnist_dir: Path) -> None:
+def test_ci_installs_as_the_readme_says() -> None:
     """.ci/run's set-up is the quickstart's, line for line: a green CI proves the README's."""
-    setup, _ = quickstart(mnist_dir)
+    setup, _ = quickstart()
     ci = (REPO / ".ci/run").read_text().splitlines()
     assert setup == [line for line in ci if line.startswith(("python3 -m venv", "pip install"))]
     assert setup[0].startswith("python3 -m venv")

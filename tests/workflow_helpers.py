@@ -29,7 +29,7 @@ KL_SIZES = {"KL_Z": plots.HEATMAP, "KL_Z_valid_mean": plots.HEATMAP}
 SAMPLES_PIXELS = (839, 1428)
 
 
-def quickstart(mnist_dir: Path) -> tuple[list[str], list[str]]:
+def quickstart(mnist_dir: Path | str = "/path/to/mnist") -> tuple[list[str], list[str]]:
     """The README's quickstart: its set-up lines (what .ci/run runs), and the lines after them
     with the snakemake line in its offline form, MNIST from `mnist_dir`."""
     section = (REPO / "README.md").read_text().split("\n## Quickstart\n")[1].split("\n## ")[0]

@@ -51,7 +51,10 @@ def time_side(root: Path, run: str, options: dict[str, str]) -> dict:
 def compare(ref: str, runs: list[str], rounds: int, options: dict[str, str]) -> dict:
     """Per run: each side's ms per step in every round (the baseline first in odd rounds, this
     checkout first in even ones), their medians, and the ratio with its spread."""
-    repo = Path.cwd()
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        raise UserError("--baseline: run it inside the repository's git checkout")
+    repo = Path(top.stdout.strip())
     rows = {}
     with tempfile.TemporaryDirectory(prefix="ssvae-baseline-") as scratch:
         roots = {"baseline": extract(ref, repo, Path(scratch)), "this checkout": repo}

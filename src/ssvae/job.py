@@ -8,6 +8,7 @@ different steps train one group after another (ssvae.loop)."""
 
 import json
 from collections import defaultdict
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +18,9 @@ import torch
 from ssvae import checkpoint, compute, data, runfile, store
 from ssvae.config import ConfigError, TrainConfig
 from ssvae.errors import InputError, UserError
-from ssvae.io import DamagedFile, check_writable, write_atomic
+from ssvae.io import DamagedFile, OutputError, check_writable, write_atomic
 from ssvae.loop import train_group
-from ssvae.progress import Progress
+from ssvae.progress import INTERRUPTED, TRAINING, Progress
 from ssvae.splits import read_split
 
 
@@ -153,14 +154,28 @@ def train_pack(cfgs: list[TrainConfig], data_path: Path, files: list[SeedFiles],
     groups = defaultdict(list)
     for seed in seeds:
         groups[seed.position].append(seed)
-    for position in sorted(groups):
-        train_group(
-            groups[position], arrays, device, log, checkpoint_every, stop, compiled,
-            result_store,
-        )  # fmt: skip
+    try:
+        for position in sorted(groups):
+            train_group(
+                groups[position], arrays, device, log, checkpoint_every, stop, compiled,
+                result_store,
+            )  # fmt: skip
+    except BaseException:
+        leave_progress_stopped(seeds)
+        raise
     diverged = [seed.diverged for seed in diverged_before + seeds if seed.diverged]
     if diverged:
         raise TrainingDiverged("; ".join(diverged))
+
+
+def leave_progress_stopped(seeds: list[Seed]) -> None:
+    """A job that ends on an error says so in the progress file of each seed it was training:
+    on another host, ssvae-status would otherwise see it at work until the file goes stale."""
+    for seed in seeds:
+        if seed.progress is not None and seed.progress.state == TRAINING:
+            seed.progress.state = INTERRUPTED
+            with suppress(OutputError):  # the error on its way out says what went wrong
+                seed.progress.write(seed.files.out)
 
 
 def check_one_run(cfgs: list[TrainConfig], files: list[SeedFiles]) -> None:

@@ -108,7 +108,8 @@ class Group:
         """Each seed's progress file says that this process trains it, from `first_epoch`."""
         for seed in self.seeds:
             cfg = seed.cfg
-            seed.progress = Progress(cfg.run, cfg.seed, cfg.epochs, epoch=first_epoch - 1)
+            seed.progress = Progress(cfg.run, cfg.seed, cfg.epochs, epoch=first_epoch - 1,
+                                     seeds_in_job=len(self.seeds))  # fmt: skip
             if seed.saved is not None:  # the checkpoint it resumed from stands until replaced
                 seed.progress.checkpoint_epoch = seed.saved["next_epoch"]
                 progress = seed.saved["progress"]

@@ -36,6 +36,7 @@ class Progress:
     checkpoint_epoch: int | None = None  # where its last checkpoint resumes: this epoch,
     checkpoint_step: int = 0  # after this many of its steps
     diverged_at: str = ""  # "epoch 12, step 344"
+    seeds_in_job: int = 1  # the seeds its job trains together, sharing each epoch's time
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     updated: float = field(default_factory=time.time)  # seconds since the epoch

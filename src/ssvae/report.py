@@ -219,7 +219,8 @@ def render_markdown(
     ]
     if labels_per_class != ORIGINAL_LABELS_PER_CLASS:
         lines += [
-            f"**The original's numbers are for 100 labels, not {N_CLASSES * labels_per_class:,}: "
+            f"**The original's numbers are for {N_CLASSES * ORIGINAL_LABELS_PER_CLASS} labels, "
+            f"not {N_CLASSES * labels_per_class:,}: "
             "the original and difference columns are empty.**",
             "",
         ]

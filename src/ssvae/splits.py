@@ -18,6 +18,7 @@ ORIGINAL_LABELS_PER_CLASS = 10
 # The fewest training images of a class among the 50,000 (digit 5): the most labels a class has.
 MAX_LABELS_PER_CLASS = 4506
 SPLITS_DIR = "results/splits"  # shared by every configuration
+SPLIT_NAME = "seed{seed}.json"  # in SPLITS_DIR plus the label count's suffix
 
 
 def labels_suffix(labels_per_class: int) -> str:
@@ -26,10 +27,6 @@ def labels_suffix(labels_per_class: int) -> str:
     if labels_per_class == ORIGINAL_LABELS_PER_CLASS:
         return ""
     return f"/labels_per_class{labels_per_class}"
-
-
-# Matches what labels_suffix gives, and nothing else.
-LABELS_SUFFIX_PATTERN = r"(/labels_per_class[1-9]\d*)?"
 
 
 def labels_per_class_of(suffix: str) -> int:
@@ -44,7 +41,7 @@ def labels_root(results_dir: str, labels_per_class: int) -> str:
 
 
 def split_path(labels_per_class: int, seed: int) -> str:
-    return f"{labels_root(SPLITS_DIR, labels_per_class)}/seed{seed}.json"
+    return f"{labels_root(SPLITS_DIR, labels_per_class)}/{SPLIT_NAME.format(seed=seed)}"
 
 
 def labeled_indices(train_y: np.ndarray, seed: int,

@@ -19,6 +19,7 @@ from ssvae.errors import InputError, exit_on_user_error
 from ssvae.progress import DIVERGED, DONE, INTERRUPTED, TRAINING, Progress, duration, read_progress
 from ssvae.runfile import checkpoint_path, diverged_path, run_file_path
 from ssvae.splits import N_CLASSES, ORIGINAL_LABELS_PER_CLASS, labels_root
+from ssvae.store import pending_retrain
 from ssvae.workflow_config import validate
 
 NOT_STARTED = "not started"
@@ -35,7 +36,8 @@ class SeedStatus:
     state: str
     detail: str = ""
     epochs_left: int = 0  # epochs it has still to train, as far as it is known
-    seconds_per_epoch: float | None = None  # measured by its job, if it has trained
+    seconds_per_epoch: float | None = None  # of its job, if it has trained
+    seeds_in_job: int = 1  # its job's seeds, which share each epoch's time
     labels: int = N_CLASSES * ORIGINAL_LABELS_PER_CLASS  # labeled images of its split
 
 
@@ -83,8 +85,6 @@ def seed_status(out: Path, run: str, seed: int, epochs: int, now: float) -> Seed
     """Where one seed stands, from the files beside its run file."""
     progress = read_progress(out)
     pace = None if progress is None else progress.seconds_per_epoch
-    if out.exists():
-        return SeedStatus(run, seed, DONE, validation(progress), 0, pace)
     if progress is not None and progress.state == TRAINING and job_alive(progress, now):
         left = progress.seconds_left()
         done = f"epoch {progress.epoch}/{epochs} done" if progress.epoch >= 0 else ""
@@ -94,8 +94,13 @@ def seed_status(out: Path, run: str, seed: int, epochs: int, now: float) -> Seed
         detail = ", ".join(filter(None, [detail, validation(progress)]))
         if left is not None:
             detail += f", {duration(left)} left"
-        return SeedStatus(run, seed, TRAINING, detail, epochs - progress.epoch, pace)
-    if diverged_path(out).exists():
+        status = SeedStatus(run, seed, TRAINING, detail, epochs - progress.epoch, pace)
+        return with_job(status, progress)
+    retrain = pending_retrain(out)
+    if out.exists() and retrain is None:
+        return with_job(SeedStatus(run, seed, DONE, validation(progress), 0, pace), progress)
+    # A diverged record stands until a later attempt trains the seed again.
+    if diverged_path(out).exists() and (progress is None or progress.state == DIVERGED):
         where = progress.diverged_at if progress and progress.state == DIVERGED else ""
         detail = f"at {where}; " if where else ""
         return SeedStatus(run, seed, DIVERGED, f"{detail}its epochs in {diverged_path(out).name}")
@@ -105,11 +110,18 @@ def seed_status(out: Path, run: str, seed: int, epochs: int, now: float) -> Seed
             return SeedStatus(run, seed, INTERRUPTED, "resumable from its checkpoint", epochs + 1)
         step = f", step {progress.checkpoint_step}" if progress.checkpoint_step else ""
         detail = f"resumable from epoch {at}{step}"
-        return SeedStatus(run, seed, INTERRUPTED, detail, epochs + 1 - at, pace)
+        return with_job(SeedStatus(run, seed, INTERRUPTED, detail, epochs + 1 - at, pace), progress)
     if progress is not None and progress.state in (TRAINING, INTERRUPTED):
         detail = "stopped before its first checkpoint: starts again from epoch 0"
-        return SeedStatus(run, seed, INTERRUPTED, detail, epochs + 1, pace)
-    return SeedStatus(run, seed, NOT_STARTED, "", epochs + 1)
+        return with_job(SeedStatus(run, seed, INTERRUPTED, detail, epochs + 1, pace), progress)
+    detail = "a retrain is asked for: its run file will be replaced" if retrain else ""
+    return SeedStatus(run, seed, NOT_STARTED, detail, epochs + 1)
+
+
+def with_job(status: SeedStatus, progress: Progress | None) -> SeedStatus:
+    if progress is not None:
+        status.seeds_in_job = progress.seeds_in_job
+    return status
 
 
 def validation(progress: Progress | None) -> str:
@@ -135,11 +147,13 @@ def comparison_status(config: dict, now: float) -> list[SeedStatus]:
 
 def time_left(statuses: list[SeedStatus]) -> str:
     """The comparison's time left at the present rate: the epochs left of every seed at its
-    run's measured pace, shared among the seeds training now."""
-    paces = {}  # a run's pace does not depend on its label count
+    run's measured pace (a job's epoch time shared among the seeds it trains together), shared
+    among the jobs training now."""
+    paces = {}  # a seed's share of an epoch; it does not depend on the label count
     for status in statuses:
         if status.seconds_per_epoch is not None:
-            paces.setdefault(status.run, []).append(status.seconds_per_epoch)
+            share = status.seconds_per_epoch / status.seeds_in_job
+            paces.setdefault(status.run, []).append(share)
     work, untimed = 0.0, []
     for status in statuses:
         if status.state in (DONE, DIVERGED):
@@ -153,11 +167,12 @@ def time_left(statuses: list[SeedStatus]) -> str:
         if untimed:
             return "time left not known yet: no run has trained an epoch"
         return "nothing left to train"
-    training = sum(status.state == TRAINING for status in statuses)
+    training = [status for status in statuses if status.state == TRAINING]
     if training:
-        seeds = f"{training} seed{'s' * (training > 1)}"
+        jobs = sum(1 / status.seeds_in_job for status in training)
+        seeds = f"{len(training)} seed{'s' * (len(training) > 1)}"
         line = f"time left at the present rate ({seeds} training at once): "
-        line += f"about {duration(work / training)}"
+        line += f"about {duration(work / jobs)}"
     else:
         line = f"nothing is training now; the work left is {duration(work)} of one job's time"
     if untimed:

@@ -26,9 +26,10 @@ from ssvae.splits import (
     N_CLASSES,
     ORIGINAL_LABELS_PER_CLASS,
     SPLIT_FORMAT,
-    LABELS_SUFFIX_PATTERN,
     SPLITS_DIR,
+    SPLIT_NAME,
     labels_per_class_of,
+    labels_root,
     labels_suffix,
 )
 from ssvae.store import request_retrain
@@ -50,7 +51,7 @@ validate_config(config)
 # their content.
 MNIST_RAW_DIR = "results/data/mnist/raw"
 MNIST_ARRAYS = "results/data/mnist.npz"
-SPLIT_FILE = f"{SPLITS_DIR}{{labels}}/seed{{seed}}.json"
+SPLIT_FILE = f"{SPLITS_DIR}{{labels}}/{SPLIT_NAME}"
 # Everything else of a configuration lives under its results_dir, so that a preset (the smoke
 # run) never writes over another configuration's results.
 RESULTS = config["results_dir"]
@@ -70,9 +71,12 @@ def labels_per_class(wildcards):
     return labels_per_class_of(wildcards.labels)
 
 
-def label_suffixes():
-    """{labels} of each configured label count, in config order."""
-    return [labels_suffix(k) for k in config["labels_per_class"]]
+def labels_pattern():
+    """A wildcard constraint matching the {labels} of the configured label counts only (a
+    count outside them was never checked)."""
+    # A group: snakemake takes an empty constraint (the original's 10 alone) for none.
+    suffixes = "|".join(re.escape(labels_suffix(k)) for k in config["labels_per_class"])
+    return f"(?:{suffixes})"
 
 
 # The original's 10-seed numbers per run label (docs/original.md, section 8).
@@ -170,11 +174,11 @@ def figure_seed():
     return 2 if 2 in config["seeds"] else config["seeds"][0]
 
 
-def all_figures(labels):
+def all_figures(labels_per_class):
     """Every figure of the comparison at one label count, in the order of the figure table
     (the report's order): the per-run figures for each compared run that has a decoder, of the
     figure seed."""
-    root = f"{RESULTS}{labels}"
+    root = labels_root(RESULTS, labels_per_class)
     paths = []
     for figure in FIGURES:
         if figure.source == "metrics":
@@ -190,13 +194,9 @@ def final_outputs():
     """Everything a plain snakemake call builds: at each label count its report, figures and
     summary, and with two or more label counts the figure across them."""
     outputs = []
-    for labels in label_suffixes():
-        root = f"{RESULTS}{labels}"
-        outputs += [
-            f"{root}/report.md",
-            *all_figures(labels),
-            f"{root}/metrics/summary.csv",
-        ]
+    for k in config["labels_per_class"]:
+        root = labels_root(RESULTS, k)
+        outputs += [f"{root}/report.md", *all_figures(k), f"{root}/metrics/summary.csv"]
     if len(config["labels_per_class"]) > 1:
         outputs.append(ACCURACY_VS_LABELS)
     return outputs
@@ -240,7 +240,7 @@ def run_label(wildcards):
 
 def label_count_metrics():
     """The metrics table of every configured label count, in config order."""
-    return [metrics_path(f"{RESULTS}{labels}") for labels in label_suffixes()]
+    return [metrics_path(labels_root(RESULTS, k)) for k in config["labels_per_class"]]
 
 
 def is_training_rule(name):

@@ -78,6 +78,8 @@ rule plot_accuracy_vs_labels:
     threads: 1
     params:
         caption=LABEL_COUNT_FIGURE.caption,
+        # Its inputs follow the config: recorded, so that a count removed redraws it.
+        labels_per_class=config["labels_per_class"],
     shell:
         "ssvae-plot accuracy_vs_labels --label-count-metrics {input.metrics:q} "
         "--published {input.published:q} --out {output.png:q} > {log} 2>&1"

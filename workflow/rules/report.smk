@@ -2,7 +2,7 @@ rule report:
     input:
         metrics=METRICS_H5,
         reference=REFERENCE_RESULTS,
-        figures=lambda wildcards: all_figures(wildcards.labels),
+        figures=lambda wildcards: all_figures(labels_per_class(wildcards)),
         code=[PACKAGE_DIR / "report.py", PACKAGE_DIR / "figures.py"],
     output:
         md=report(
