@@ -73,7 +73,7 @@ class TestTrain:
 
     def test_a_split_index_outside_the_training_images(self, train, tmp_path: Path) -> None:
         bad = tmp_path / "split.json"
-        split = {"seed": SEED, "indices": [0, 10**6]}
+        split = {"seed": SEED, "labels_per_class": 1, "indices": [0, 10**6]}
         bad.write_text(json.dumps(split | {"sha256": content_digest(split)}))  # sound, but wrong
         assert_one_line(train(split_path=bad), "ssvae-train", "labeled index 1000000")
 

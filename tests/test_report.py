@@ -274,3 +274,25 @@ def test_reference_file_matches_the_spec() -> None:
     config_runs = yaml.safe_load((repo / "config.yaml").read_text())["runs"]
     labels = {run["label"] for run in config_runs.values()}
     assert labels == set(expected), "every run of config.yaml has the original's number"
+
+
+def test_another_label_count_says_so_and_has_no_original_column(
+    tmp_path: Path, reference: Path
+) -> None:
+    """The original's numbers are for its 100 labels: at 30 labels the report says its count,
+    leaves the original and difference columns empty, and keeps the paired differences."""
+    aggregated = synthetic_metrics(tmp_path, labels_per_class=3)
+    out_md, out_csv = tmp_path / "report.md", tmp_path / "report.csv"
+    report.write_report(aggregated, reference, [], 0.01, out_md, out_csv)
+    text = out_md.read_text()
+    assert text.startswith("# Results: semi-supervised VAEs on MNIST with 30 labels (3 a class)")
+    assert "The original's numbers are for 100 labels, not 30" in text
+    assert "## Paired with ExactM2" in text
+    table = pd.read_csv(out_csv)
+    assert table.labels_per_class.tolist() == [3, 3, 3]
+    assert table.original_valid_accuracy.isna().all() and table.difference.isna().all()
+    assert table.set_index("run").valid_accuracy_last_diff_mean.notna().tolist() == [
+        False,
+        True,
+        True,
+    ]

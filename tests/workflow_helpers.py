@@ -90,6 +90,12 @@ def is_pdf(path: Path) -> bool:
 def assert_smoke_outputs(built: Path, seeds_per_job: int = 1) -> None:
     """Everything the smoke preset builds is there and looks right; with seeds_per_job 2 its
     two seeds trained together, in one job per run whose log has a line per seed and epoch."""
+    assert_smoke_runs(built, seeds_per_job)
+    assert_smoke_figures(built)
+
+
+def assert_smoke_runs(built: Path, seeds_per_job: int = 1) -> None:
+    """The smoke preset's splits, run files, training logs and metrics."""
     for seed in SEEDS:
         assert (built / f"results/splits/seed{seed}.json").exists()
         for run in RUNS:
@@ -115,6 +121,10 @@ def assert_smoke_outputs(built: Path, seeds_per_job: int = 1) -> None:
     assert summary.run.tolist() == list(RUNS)
     assert summary.n_seeds.tolist() == [2, 2]
     assert summary.test_accuracy_mean.between(0, 1).all()
+
+
+def assert_smoke_figures(built: Path) -> None:
+    """The smoke preset's figures: sizes, resolution, the PDFs, colours."""
     plots_dir = built / SMOKE_RESULTS / "plots"
     for stem, size in COMPARISON_SIZES.items():
         assert png_size(plots_dir / f"{stem}.png") == png_pixels(size)

@@ -94,11 +94,14 @@ def read_split(path: Path) -> dict:
     well_formed = (
         isinstance(split, dict)
         and isinstance(split.get("seed"), int)
+        and isinstance(split.get("labels_per_class"), int)
         and isinstance(split.get("indices"), list)
         and all(isinstance(i, int) and not isinstance(i, bool) for i in split["indices"])
     )
     if not well_formed:
-        raise InputError(f"{path}: not a split file (needs an integer seed and integer indices)")
+        raise InputError(
+            f"{path}: not a split file (needs an integer seed, labels_per_class and indices)"
+        )
     if "sha256" not in split:
         raise DamagedFile(path, "no recorded digest: written by an earlier ssvae; delete it")
     if split["sha256"] != content_digest(split):
