@@ -248,3 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         write_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())
     print_table(report)
     print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

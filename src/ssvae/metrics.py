@@ -353,3 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         aggregate(args.run_files, runs, args.out_h5, args.out_csv, args.reference_run,
                   args.labels_per_class)  # fmt: skip
     print(f"wrote {args.out_h5} and {args.out_csv}")
+
+
+if __name__ == "__main__":
+    main()

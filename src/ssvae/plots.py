@@ -478,3 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error("ssvae-plot"):
         written = save(draw(figure, args), args.out, figure.formats)
     print(f"wrote {', '.join(map(str, written))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -341,3 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             args.metrics, args.reference, args.figures, args.threshold, args.out_md, args.out_csv
         )
     print(f"wrote {args.out_md} and {args.out_csv}")
+
+
+if __name__ == "__main__":
+    main()

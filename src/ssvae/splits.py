@@ -139,3 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         train_y = data.load(args.data)["train_y"]
         split = write_split(train_y, args.seed, args.out, args.labels_per_class)
     print(f"wrote {args.out}: {len(split['indices'])} labeled images for seed {args.seed}")
+
+
+if __name__ == "__main__":
+    main()

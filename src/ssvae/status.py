@@ -223,3 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error("ssvae-status"):
         config = load_config(args.configfile, args.config)
         print(report(config, comparison_status(config, time.time())))
+
+
+if __name__ == "__main__":
+    main()

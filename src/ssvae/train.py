@@ -166,3 +166,7 @@ def stop_on_signals():
     signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
     signal.signal(signal.SIGINT, on_sigint)
     return requested.is_set
+
+
+if __name__ == "__main__":
+    main()
