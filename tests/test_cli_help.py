@@ -4,6 +4,8 @@ options depend on said where it matters."""
 import argparse
 import dataclasses
 import importlib
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -76,3 +78,19 @@ def test_plot_help_says_what_each_figure_needs(monkeypatch) -> None:
         "KL_Z_valid_mean": ["--run-file", "--label"],
         "accuracy_vs_labels": ["--label-count-metrics", "--published"],
     }
+
+
+def modules_with_main() -> list[str]:
+    """The modules of the console scripts that call `main`: each also runs as `python -m`, as on
+    a GPU node where the package is on PYTHONPATH but not installed."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    return sorted({target.split(":")[0] for target in scripts.values() if target.endswith(":main")})
+
+
+@pytest.mark.parametrize("module", modules_with_main())
+def test_python_dash_m_runs_the_entry_point(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: "), result.stdout
