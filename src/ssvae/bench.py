@@ -71,14 +71,17 @@ def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
 
 
 class OperatorCount(TorchDispatchMode):
-    """Counts the torch operators dispatched while it is active."""
+    """Counts the torch operators dispatched while it is active, and among them the views
+    (a view, transpose or unsqueeze moves no data and launches no kernel)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.views = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
+        self.views += func.is_view
         return func(*args, **(kwargs or {}))
 
 
