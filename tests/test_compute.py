@@ -13,7 +13,7 @@ from ssvae import compute, job, runfile, step
 from ssvae.compute import GUARDED_CALLS, error_summary
 from ssvae.config import TrainConfig
 from ssvae.data import load as load_arrays
-from ssvae.images import load_images
+from ssvae.images import load_images, seed_images
 from ssvae.splits import read_split
 
 CPU = torch.device("cpu")
@@ -219,3 +219,29 @@ def test_error_summary_names_the_root_cause() -> None:
     except RuntimeError as error:
         summary = error_summary(error)
     assert summary == "RuntimeError from ValueError: no kernel for dtype"
+
+
+def graph_breaks(model: str, n_seeds: int, data: Path) -> list[str]:
+    """Why torch.compile breaks the graph of a step of `n_seeds` seeds trained together, one
+    reason per break (traced by dynamo alone: nothing is compiled)."""
+    seeds = list(range(1, n_seeds + 1))
+    images = seed_images(data, seeds, CPU)
+    cfg = short_config(model)
+    training = step.Training.start(cfg, images, seeds, CPU)
+    index = torch.arange(cfg.batch_size).expand(n_seeds, -1)
+    coefficients = step.annealing_coefficients(0, cfg, CPU)[-1]
+    forward = training.step_fn.forward
+    explained = torch._dynamo.explain(forward)(index, coefficients)
+    return sorted(reason.reason.splitlines()[0] for reason in explained.break_reasons)
+
+
+@pytest.mark.parametrize("model", ["ExactM2", "MLP"])
+def test_seeds_trained_together_break_the_compiled_graph_where_one_seed_does(
+    model: str, small_mnist: Path
+) -> None:
+    # Each break is a separate graph (on CUDA, a separate CUDA graph and a return to Python):
+    # a pack's layout must not add any. The breaks one seed has are its random draws, each from
+    # its seed's own torch.Generator, which dynamo does not trace.
+    alone = graph_breaks(model, 1, small_mnist)
+    assert alone
+    assert graph_breaks(model, 2, small_mnist) == alone

@@ -113,8 +113,9 @@ class Maxout(torch.autograd.Function):
     def forward(ctx, pieces: torch.Tensor) -> torch.Tensor:
         out = pieces.amax(-2)
         if ctx.needs_input_grad[0]:
-            # Written into a float tensor: several times faster on CPU than a bool result.
-            winners = torch.eq(pieces, out.unsqueeze(-2), out=torch.empty_like(pieces))
+            # Written into a float tensor: several times faster on CPU than a bool result; a
+            # contiguous one, which torch.compile writes into without breaking its graph.
+            winners = torch.eq(pieces, out.unsqueeze(-2), out=contiguous_empty_like(pieces))
             ctx.save_for_backward(winners)
         return out
 
@@ -262,7 +263,14 @@ class SeedRandom:
 def bernoulli_draw(p: torch.Tensor | float, like: torch.Tensor, random: SeedRandom) -> torch.Tensor:
     """1.0 with probability p, else 0.0, shaped like `like`: u < p with u ~ U[0, 1), compared
     straight into a float tensor, 2-3x faster on CPU than torch.bernoulli or a bool compare."""
-    return torch.lt(random.rand_like(like), p, out=torch.empty_like(like))
+    return torch.lt(random.rand_like(like), p, out=contiguous_empty_like(like))
+
+
+def contiguous_empty_like(x: torch.Tensor) -> torch.Tensor:
+    """An `out=` tensor for x's result. Contiguous whatever x's strides: BatchNorm hands a pack
+    of seeds on transposed, and torch.compile breaks its graph at an `out=` that is not
+    contiguous (16 more breaks in ExactM2's step at 2 seeds than at 1)."""
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def input_dropout(x: torch.Tensor, p: float, training: bool, random: SeedRandom) -> torch.Tensor:
