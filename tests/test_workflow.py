@@ -304,6 +304,30 @@ def test_target_of_an_undefined_run_is_named_with_the_defined_ones(
     assert not (workdir / "results").exists()
 
 
+def test_target_of_an_unconfigured_label_count_is_named_with_the_configured_ones(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    target = f"{SMOKE_RESULTS}/labels_per_class600/runs/MLP/seed1/run.h5"
+    result = snakemake(
+        workdir, mnist_dir, target, config=("labels_per_class=[10,60]",), check=False
+    )
+    assert result.returncode != 0
+    *banner, error = error_lines(result.stderr)
+    assert error == (
+        f"{target}: labels_per_class 600 is not configured (labels_per_class: [10, 60]); add it "
+        f"to labels_per_class in the config, or with --config 'labels_per_class=[...]'"
+    )
+    assert not [line for line in banner if "Exception" in line or "File " in line]
+    # The original's count has no directory of its own: the line says where it is built.
+    original = f"{SMOKE_RESULTS}/labels_per_class10/report.md"
+    result = snakemake(workdir, mnist_dir, original, check=False)
+    assert error_lines(result.stderr)[-1] == (
+        f"{original}: the original's count is built in {SMOKE_RESULTS}/report.md"
+    )
+    assert not (workdir / "results").exists()
+
+
 def test_full_comparison_plans_ninety_training_jobs_without_torch(tmp_path: Path) -> None:
     """Planning needs names, paths and settings, never tensors: it runs where torch cannot be
     imported (and so never pays for importing it)."""

@@ -111,6 +111,26 @@ def refuse_undefined_run(wildcards):
     )
 
 
+def unconfigured_count_pattern():
+    """A wildcard constraint for a label count whose directory no configured count makes."""
+    made = "|".join(str(k) for k in config["labels_per_class"] if labels_suffix(k))
+    return rf"(?!(?:{made})/)\d+" if made else r"\d+"
+
+
+def refuse_unconfigured_count(wildcards):
+    """Stop planning with one line naming the configured counts (snakemake's
+    MissingRuleException would name none)."""
+    asked = f"{RESULTS}/labels_per_class{wildcards.label_count}/{wildcards.path}"
+    if int(wildcards.label_count) == ORIGINAL_LABELS_PER_CLASS:
+        sys.exit(f"{asked}: the original's count is built in {RESULTS}/{wildcards.path}")
+    configured = ", ".join(str(k) for k in config["labels_per_class"])
+    sys.exit(
+        f"{asked}: labels_per_class {wildcards.label_count} is not configured (labels_per_class: "
+        f"[{configured}]); add it to labels_per_class in the config, or with --config "
+        f"'labels_per_class=[...]'"
+    )
+
+
 def run_files(labels):
     """Every (run, seed) training output that the config names, at one label count."""
     return expand(RUN_FILE, labels=labels, run=run_ids(), seed=config["seeds"])

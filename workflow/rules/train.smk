@@ -94,3 +94,23 @@ rule undefined_run:
     threads: 1
     shell:
         "false"
+
+
+# Anything under the directory of a label count that the config does not list: its input
+# function stops planning with one line; the rule never runs.
+rule unconfigured_label_count:
+    input:
+        refuse_unconfigured_count,
+    output:
+        f"{RESULTS}/labels_per_class{{label_count}}/{{path}}",
+    log:
+        f"{RESULTS}/logs/unconfigured/labels_per_class{{label_count}}/{{path}}.log",
+    wildcard_constraints:
+        label_count=unconfigured_count_pattern(),
+        path=".+",
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    shell:
+        "false"
