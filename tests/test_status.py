@@ -45,14 +45,19 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def ssvae_status(workdir: Path) -> str:
-    result = subprocess.run(
-        ["ssvae-status", "--configfile", "preset.yaml", "--config", "eval_every=10"],
+def run_status(workdir: Path, *config: str) -> subprocess.CompletedProcess:
+    """ssvae-status on the preset, with `config` overrides."""
+    return subprocess.run(
+        ["ssvae-status", "--configfile", "preset.yaml", "--config", *config],
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=HANG_GUARD_S,
     )
+
+
+def ssvae_status(workdir: Path) -> str:
+    result = run_status(workdir, "eval_every=10")
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -172,13 +177,7 @@ def test_a_job_on_another_host_is_gone_when_it_stops_writing(workdir: Path) -> N
 
 
 def test_config_errors_are_one_line(workdir: Path) -> None:
-    result = subprocess.run(
-        ["ssvae-status", "--configfile", "preset.yaml", "--config", "epochs=-1"],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    result = run_status(workdir, "epochs=-1")
     assert result.returncode != 0
     assert result.stderr.splitlines() == [
         "ssvae-status: error: invalid config: epochs = -1: -1 is less than the minimum of 0"
@@ -190,13 +189,7 @@ def test_config_errors_are_one_line(workdir: Path) -> None:
 
 
 def test_each_label_count_has_its_rows(workdir: Path) -> None:
-    result = subprocess.run(
-        ["ssvae-status", "--configfile", "preset.yaml", "--config", "labels_per_class=[1,10]"],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    result = run_status(workdir, "labels_per_class=[1,10]")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "results: 2 runs x 4 seeds x 2 label counts, epochs 0..40"
