@@ -19,6 +19,7 @@ ORIGINAL_LABELS_PER_CLASS = 10
 MAX_LABELS_PER_CLASS = 4506
 SPLITS_DIR = "results/splits"  # shared by every configuration
 SPLIT_NAME = "seed{seed}.json"  # in SPLITS_DIR plus the label count's suffix
+LABEL_COUNT_DIR = "labels_per_class"  # then k: the directory of a count but the original's
 
 
 def labels_suffix(labels_per_class: int) -> str:
@@ -26,12 +27,12 @@ def labels_suffix(labels_per_class: int) -> str:
     100-label build stays where it was), "/labels_per_class<k>" for any other."""
     if labels_per_class == ORIGINAL_LABELS_PER_CLASS:
         return ""
-    return f"/labels_per_class{labels_per_class}"
+    return f"/{LABEL_COUNT_DIR}{labels_per_class}"
 
 
 def labels_per_class_of(suffix: str) -> int:
     """The label count a suffix of labels_suffix says."""
-    return int(suffix.removeprefix("/labels_per_class")) if suffix else ORIGINAL_LABELS_PER_CLASS
+    return int(suffix.removeprefix(f"/{LABEL_COUNT_DIR}")) if suffix else ORIGINAL_LABELS_PER_CLASS
 
 
 def labels_root(results_dir: str, labels_per_class: int) -> str:

@@ -23,6 +23,7 @@ from ssvae.figures import (
 from ssvae.models import MODELS
 from ssvae import runfile
 from ssvae.splits import (
+    LABEL_COUNT_DIR,
     N_CLASSES,
     ORIGINAL_LABELS_PER_CLASS,
     SPLIT_FORMAT,
@@ -120,7 +121,7 @@ def unconfigured_count_pattern():
 def refuse_unconfigured_count(wildcards):
     """Stop planning with one line naming the configured counts (snakemake's
     MissingRuleException would name none)."""
-    asked = f"{RESULTS}/labels_per_class{wildcards.label_count}/{wildcards.path}"
+    asked = f"{RESULTS}/{LABEL_COUNT_DIR}{wildcards.label_count}/{wildcards.path}"
     if int(wildcards.label_count) == ORIGINAL_LABELS_PER_CLASS:
         sys.exit(f"{asked}: the original's count is built in {RESULTS}/{wildcards.path}")
     configured = ", ".join(str(k) for k in config["labels_per_class"])

@@ -102,9 +102,9 @@ rule unconfigured_label_count:
     input:
         refuse_unconfigured_count,
     output:
-        f"{RESULTS}/labels_per_class{{label_count}}/{{path}}",
+        f"{RESULTS}/{LABEL_COUNT_DIR}{{label_count}}/{{path}}",
     log:
-        f"{RESULTS}/logs/unconfigured/labels_per_class{{label_count}}/{{path}}.log",
+        f"{RESULTS}/logs/unconfigured/{LABEL_COUNT_DIR}{{label_count}}/{{path}}.log",
     wildcard_constraints:
         label_count=unconfigured_count_pattern(),
         path=".+",
