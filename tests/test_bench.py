@@ -246,3 +246,15 @@ def test_one_seed_computes_with_no_more_operators_than_counted(
     with bench.OperatorCount() as counter:
         alone.run(1)
     assert counter.count - counter.views <= ONE_SEED_OPERATORS[run]
+
+
+def test_subnormal_shares_take_their_step_eagerly(config: dict, prepared_mnist) -> None:
+    """The late measurement's hooks read values with .item(): around a compiled step they would
+    make torch.compile trace (and on CUDA capture) the step again, with its graph broken."""
+    cfg = run_settings(config, "MLP", seed=1)
+    images = seed_images(prepared_mnist, [1], torch.device("cpu"))
+    compiled = step.Training.start(cfg, images, [1], torch.device("cpu"), compiled=True)
+    traced = torch._dynamo.utils.counters["stats"]["calls_captured"]
+    bench.subnormal_shares(compiled)
+    assert torch._dynamo.utils.counters["stats"]["calls_captured"] == traced
+    assert compiled.progress.steps_done == 1

@@ -11,6 +11,7 @@ Writes the table to stdout and everything to results/bench/bench.json.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -85,13 +86,20 @@ class OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def eager_step(training: step.Training, during=None) -> None:
+    """One training step of `training`, taken eagerly inside `during`: a compiled step would
+    recompile around a dispatch mode or hooks, and .item() in a hook breaks its graph."""
+    eager = replace(training, step_fn=step.training_step(training.model, training.images, False))
+    with during or contextlib.nullcontext():
+        eager.run(1)
+    training.progress = eager.progress
+
+
 def step_operators(training: step.Training) -> int:
     """Operators of one whole eager training step (batch, forward, backward, L2, clipping,
     Adam) for all the seeds of the model; the step is taken."""
-    eager = replace(training, step_fn=step.training_step(training.model, training.images, False))
-    with OperatorCount() as counter:
-        eager.run(1)
-    training.progress = eager.progress
+    counter = OperatorCount()
+    eager_step(training, counter)
     return counter.count
 
 
@@ -138,7 +146,7 @@ def subnormal_shares(training: step.Training) -> dict:
         if isinstance(module, SeedLinear)
     ]
     try:
-        training.run(1)
+        eager_step(training)
     finally:
         for hook in hooks:
             hook.remove()
