@@ -123,7 +123,9 @@ def refuse_unconfigured_count(wildcards):
     MissingRuleException would name none)."""
     asked = f"{RESULTS}/{LABEL_COUNT_DIR}{wildcards.label_count}/{wildcards.path}"
     if int(wildcards.label_count) == ORIGINAL_LABELS_PER_CLASS:
-        sys.exit(f"{asked}: the original's count is built in {RESULTS}/{wildcards.path}")
+        sys.exit(
+            f"{asked}: the original's count is built in {RESULTS}/{wildcards.path}"
+        )
     configured = ", ".join(str(k) for k in config["labels_per_class"])
     sys.exit(
         f"{asked}: labels_per_class {wildcards.label_count} is not configured (labels_per_class: "
