@@ -67,10 +67,11 @@ def config() -> dict:
     return yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
 
 
-def training(config: dict, run: str, seeds: list[int], prepared_mnist: Path) -> step.Training:
+def training(config: dict, run: str, seeds: list[int], prepared_mnist: Path,
+             compiled: bool = False) -> step.Training:  # fmt: skip
     cfg = run_settings(config, run, seed=1)
     images = seed_images(prepared_mnist, seeds, torch.device("cpu"))
-    return step.Training.start(cfg, images, seeds, torch.device("cpu"))
+    return step.Training.start(cfg, images, seeds, torch.device("cpu"), compiled)
 
 
 def counted_flops(config: dict, run: str, prepared_mnist: Path) -> int:
@@ -252,9 +253,7 @@ def test_one_seed_computes_with_no_more_operators_than_counted(
 def test_subnormal_shares_take_their_step_eagerly(config: dict, prepared_mnist) -> None:
     """The late measurement's hooks read values with .item(): around a compiled step they would
     make torch.compile trace (and on CUDA capture) the step again, with its graph broken."""
-    cfg = run_settings(config, "MLP", seed=1)
-    images = seed_images(prepared_mnist, [1], torch.device("cpu"))
-    compiled = step.Training.start(cfg, images, [1], torch.device("cpu"), compiled=True)
+    compiled = training(config, "MLP", [1], prepared_mnist, compiled=True)
     traced = torch._dynamo.utils.counters["stats"]["calls_captured"]
     bench.subnormal_shares(compiled)
     assert torch._dynamo.utils.counters["stats"]["calls_captured"] == traced

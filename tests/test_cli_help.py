@@ -83,8 +83,8 @@ def test_plot_help_says_what_each_figure_needs(monkeypatch) -> None:
 def modules_with_main() -> list[str]:
     """The modules of the console scripts that call `main`: each also runs as `python -m`, as on
     a GPU node where the package is on PYTHONPATH but not installed."""
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    return sorted({target.split(":")[0] for target in scripts.values() if target.endswith(":main")})
+    mains = [function for function in console_scripts().values() if function.__name__ == "main"]
+    return sorted({main.__module__ for main in mains})
 
 
 # The modules are imported already (above): runpy says so, and runs them anew as __main__.
