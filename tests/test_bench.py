@@ -117,7 +117,7 @@ def test_bench_writes_its_report(small_mnist: Path, tmp_path: Path) -> None:
         [
             sys.executable, "-m", "ssvae.bench", "--runs", "MLP", "LogGamma",
             "--data", str(small_mnist), "--device", "cpu", "--warmup-steps", "1",
-            "--steps", "5", "--late-after", "12", "--matmul-seconds", "0.2", "--jobs", "2",
+            "--steps", "5", "--late-after", "12", "--matmul-seconds", "0.05", "--jobs", "2",
             "--seeds-per-job", "1", "2", "--skip-workflow", "--out", str(out),
         ],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -140,15 +140,23 @@ def test_bench_writes_its_report(small_mnist: Path, tmp_path: Path) -> None:
         assert row["achieved_flops_per_s"] == pytest.approx(
             row["flops_per_step"] * row["steps_per_s"]
         )
-        assert row["matmul_flops_per_s"] == report["matmul_flops_per_s"] > 0
         # Trained on from the 1 + 5 steps measured fresh to step 12, then measured again.
         assert row["late_after_steps"] == 12
-        assert len(row["late_window_ms_per_step"]) == 5
-        assert row["late_ms_per_step"] == pytest.approx(sorted(row["late_window_ms_per_step"])[2])
         assert all(0 < share <= 1 for share in row["late_subnormal_shares"].values())
-        assert row["ratio"] == pytest.approx(
-            row["achieved_flops_per_s"] / row["matmul_flops_per_s"]
-        )
+        for window in ("", "late_"):
+            ms_per_step = row[f"{window}window_ms_per_step"]
+            assert len(ms_per_step) == 5
+            assert row[f"{window}ms_per_step"] == pytest.approx(sorted(ms_per_step)[2])
+            # Each window's ratio against the matmul timed right after it, and their median.
+            matmul = row[f"{window}window_matmul_flops_per_s"]
+            assert row[f"{window}matmul_flops_per_s"] == pytest.approx(sorted(matmul)[2])
+            assert min(matmul) > 0
+            ratios = [
+                row["flops_per_step"] / (ms / 1000) / rate
+                for ms, rate in zip(ms_per_step, matmul, strict=True)
+            ]
+            assert row[f"{window}window_ratio"] == pytest.approx(ratios)
+            assert row[f"{window}ratio"] == pytest.approx(sorted(ratios)[2])
     assert report["models"]["MLP"]["flops_per_step"] == HAND_COUNTS["MLP"]
     assert [row["jobs"] for row in report["parallel_jobs"]] == [2]
     (two_jobs,) = report["parallel_jobs"]

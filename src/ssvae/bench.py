@@ -2,11 +2,12 @@
 
 For each run of the comparison: steps per second over a measured window after warm-up, the
 training step's matmul FLOPs (counted from the shapes by torch's FLOP counter, forward and
-backward), the FLOP rate that makes, and the machine's sustained dense matmul rate at the same
-precision, measured in the same process. With --seeds-per-job, the same for N seeds trained
-together: seed-steps per second and the torch operators dispatched per seed-step (each one a
-kernel launch, or more, on a GPU). With --jobs, N processes train at once (on one GPU, to see how
-they share it). It also times snakemake's dry run and no-op rebuild of the full comparison.
+backward), the FLOP rate that makes, and its ratio to the machine's sustained dense matmul rate
+at the same precision, timed right after each window of the step. With --seeds-per-job, the
+same for N seeds trained together: seed-steps per second and the torch operators dispatched per
+seed-step (each one a kernel launch, or more, on a GPU). With --jobs, N processes train at once
+(on one GPU, to see how they share it). It also times snakemake's dry run and no-op rebuild of
+the full comparison.
 Writes the table to stdout and everything to results/bench/bench.json.
 """
 
@@ -50,25 +51,54 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
-    """Sustained float32 rate of a large square matmul (TF32 when it is allowed): the median of
-    WINDOWS windows, as for the training step."""
-    n = MATMUL_SIZE[device.type]
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    synchronize(device)
-    rates = []
-    for _ in range(WINDOWS):
+class MatmulReference:
+    """What the machine can do at the moment: the sustained float32 rate of a large square
+    matmul (TF32 when it is allowed), timed in a short window right after each of the step's
+    windows, so that a step and its reference see the same machine (a shared one drifts by a
+    fifth within minutes)."""
+
+    def __init__(self, device: torch.device, seconds_per_window: float):
+        n = MATMUL_SIZE[device.type]
+        self.device, self.seconds, self.flops = device, seconds_per_window, 2 * n**3
+        self.a, self.b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        self.out = torch.empty(n, n, device=device)
+        for _ in range(3):
+            torch.mm(self.a, self.b, out=self.out)
+        synchronize(device)
+
+    def flops_per_s(self) -> float:
         count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / WINDOWS:
-            for _ in range(5):
-                torch.mm(a, b, out=out)
-            synchronize(device)
-            count += 5
-        rates.append(2 * n**3 * count / (time.perf_counter() - started))
-    return statistics.median(rates)
+        while time.perf_counter() - started < self.seconds:
+            torch.mm(self.a, self.b, out=self.out)
+            synchronize(self.device)
+            count += 1
+        return self.flops * count / (time.perf_counter() - started)
+
+
+def time_windows(training: step.Training, per_window: int, flops_per_step: int,
+                 reference: MatmulReference | None, prefix: str = "") -> dict:  # fmt: skip
+    """The step timed in WINDOWS windows of `per_window` steps, each followed by the matmul
+    reference's window: ms per step, and the ratio of the step's FLOP rate to the matmul's, as
+    medians over the windows (on a shared machine a few seconds can run slow). `prefix` names
+    the keys."""
+    seconds, ratios, matmul_rates = [], [], []
+    for _ in range(WINDOWS):
+        seconds.append(time_steps(training, per_window))
+        if reference is not None:
+            matmul_rates.append(reference.flops_per_s())
+            ratios.append(flops_per_step * per_window / seconds[-1] / matmul_rates[-1])
+    measured = {
+        "window_ms_per_step": [1000 * s / per_window for s in seconds],
+        "ms_per_step": 1000 * statistics.median(seconds) / per_window,
+    }
+    if reference is not None:
+        measured |= {
+            "window_matmul_flops_per_s": matmul_rates,
+            "matmul_flops_per_s": statistics.median(matmul_rates),
+            "window_ratio": ratios,
+            "ratio": statistics.median(ratios),
+        }
+    return {prefix + key: value for key, value in measured.items()}
 
 
 class OperatorCount(TorchDispatchMode):
@@ -181,34 +211,33 @@ def bench_run(
     late_after: int = 0,
     log=print,
     seed_ids: list[int] | None = None,
+    reference: MatmulReference | None = None,
 ) -> dict:
     """Time the step from a fresh start and, with `late_after`, again once training has run that
     many steps on real MNIST: late states hold values a fresh one does not (subnormal floats).
-    With `seed_ids`, the step of those seeds trained together (default: the config's seed)."""
+    With `seed_ids`, the step of those seeds trained together (default: the config's seed); with
+    `reference`, its ratio to the matmul's rate."""
     seed_ids = seed_ids or [cfg.seed]
     images = seed_images(data_path, seed_ids, device)
     training = step.Training.start(cfg, images, seed_ids, device, compiled, log)
     flops = step_flops(training)
     operators = step_operators(training)
     warmup_seconds = time_steps(training, warmup_steps)
-    # The median of several windows: on a shared machine a few seconds can run slow.
     per_window = max(1, steps // WINDOWS)
-    window_seconds = [time_steps(training, per_window) for _ in range(WINDOWS)]
+    fresh = time_windows(training, per_window, flops, reference)
     eval_seconds = time_evaluation(training)
-    steps_per_s = per_window / statistics.median(window_seconds)
+    steps_per_s = 1000 / fresh["ms_per_step"]
     steps_per_run = (cfg.epochs + 1) * cfg.steps_per_epoch
     late = {}
     trained = warmup_steps + per_window * WINDOWS
     if late_after > trained:
         time_steps(training, late_after - trained)
-        late_seconds = [time_steps(training, per_window) for _ in range(WINDOWS)]
-        late = {
-            "late_after_steps": late_after,
-            "late_window_ms_per_step": [1000 * s / per_window for s in late_seconds],
-            "late_ms_per_step": 1000 * statistics.median(late_seconds) / per_window,
-            "late_subnormal_shares": subnormal_shares(training),
-        }
-    return late | {
+        late = time_windows(training, per_window, flops, reference, prefix="late_")
+        late["late_after_steps"] = late_after
+        late["late_subnormal_shares"] = subnormal_shares(training)
+    return {
+        **late,
+        **fresh,
         "model": cfg.model,
         "seeds": len(seed_ids),
         "seed_steps_per_s": len(seed_ids) * steps_per_s,
@@ -217,11 +246,9 @@ def bench_run(
         # What ran: a step asked to compile that fell back to eager is timed eagerly.
         "step": runfile.how_the_step_ran(training.step_fn.how_it_ran()),
         "steps_measured": per_window * WINDOWS,
-        "window_ms_per_step": [1000 * seconds / per_window for seconds in window_seconds],
         "warmup_steps": warmup_steps,
         "warmup_s": warmup_seconds,
         "steps_per_s": steps_per_s,
-        "ms_per_step": 1000 / steps_per_s,
         "s_per_epoch": cfg.steps_per_epoch / steps_per_s,
         "eval_s": eval_seconds,
         "s_per_run": steps_per_run / steps_per_s + evaluations(cfg) * eval_seconds,
@@ -264,8 +291,11 @@ def worker_options(args: argparse.Namespace) -> dict[str, str]:
 
 def print_table(report: dict) -> None:
     print(f"\ndevice: {report['device']}; step {report['step']}; tf32 {report['tf32']}")
-    matmul = report["matmul_flops_per_s"]
-    print(f"sustained float32 matmul: {matmul / 1e9:,.1f} GFLOP/s")
+    matmul = [row["matmul_flops_per_s"] for row in report["models"].values()]
+    print(
+        f"sustained float32 matmul, timed beside each window: {min(matmul) / 1e9:,.1f}-"
+        f"{max(matmul) / 1e9:,.1f} GFLOP/s (medians per run)"
+    )
     header = (
         f"{'run':<24} {'ms/step':>8} {'steps/s':>8} {'s/epoch':>8} {'s/run':>8} "
         f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'ratio':>6}  windows ms/step"
@@ -288,7 +318,8 @@ def print_table(report: dict) -> None:
             print(
                 f"{run}: after {row['late_after_steps']} steps "
                 f"{row['late_ms_per_step']:.2f} ms/step "
-                f"({row['late_ms_per_step'] / row['ms_per_step']:.2f} x fresh); subnormal: "
+                f"({row['late_ms_per_step'] / row['ms_per_step']:.2f} x fresh), ratio "
+                f"{row['late_ratio']:.2f}; subnormal: "
                 f"{subnormal or 'none'}"
             )
     print_packing(report.get("seeds_per_job", {}))
@@ -362,7 +393,10 @@ def command_line():
         help="also time N seeds of each run trained together (seeds 1..N), e.g. 1 2 5 10",
     )
     parser.add_argument(
-        "--matmul-seconds", type=float, default=3.0, help="time the matmul reference this long"
+        "--matmul-seconds",
+        type=float,
+        default=0.6,
+        help="time the matmul reference this long after each of the step's windows",
     )
     parser.add_argument(
         "--jobs",
@@ -416,10 +450,12 @@ def bench_runs(configs: dict, args, device: torch.device, compiled: bool) -> dic
     """run -> number of seeds trained together -> bench_run's row: every run alone, then
     packed as --seeds-per-job asks."""
     packing = {run: {} for run in configs}
+    reference = MatmulReference(device, args.matmul_seconds)
     for n_seeds in sorted(set(args.seeds_per_job) | {1}):
         for run, cfg in configs.items():
             row = bench_run(cfg, args.data, device, compiled, args.warmup_steps, args.steps,
-                            args.late_after, seed_ids=list(range(1, n_seeds + 1)))  # fmt: skip
+                            args.late_after, seed_ids=list(range(1, n_seeds + 1)),
+                            reference=reference)  # fmt: skip
             packing[run][n_seeds] = row
             if n_seeds == 1:
                 print(f"{run}: {row['ms_per_step']:.2f} ms/step", flush=True)
@@ -474,14 +510,8 @@ def main(argv: list[str] | None = None) -> None:
         workflow = bench_workflow.time_workflow(
             Path.cwd(), args.scratch, [str(raw_dir)], os.cpu_count()
         )
-    matmul_before = matmul_flops_per_s(device, args.matmul_seconds)
     packing = bench_runs(configs, args, device, compiled)
     models = {run: rows[1] for run, rows in packing.items()}
-    # The rate before and after the models, the higher taken: a conservative ratio.
-    matmul = max(matmul_before, matmul_flops_per_s(device, args.matmul_seconds))
-    for row in models.values():
-        row["matmul_flops_per_s"] = matmul
-        row["ratio"] = row["achieved_flops_per_s"] / matmul
     jobs = args.jobs if args.jobs is not None else ([1, 2, 4] if device.type == "cuda" else [])
     report = {
         "device": compute.device_name(device, detailed=True)
@@ -491,7 +521,6 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "step": "compiled" if compiled else "eager",
         "tf32": args.tf32 == "on",
-        "matmul_flops_per_s": matmul,
         "matmul_size": MATMUL_SIZE[device.type],
         "models": models,
         "seeds_per_job": {
