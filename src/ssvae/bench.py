@@ -59,7 +59,8 @@ class MatmulReference:
 
     def __init__(self, device: torch.device, seconds_per_window: float):
         n = MATMUL_SIZE[device.type]
-        self.device, self.seconds, self.flops = device, seconds_per_window, 2 * n**3
+        self.device, self.seconds_per_window = device, seconds_per_window
+        self.flops = 2 * n**3
         self.a, self.b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         self.out = torch.empty(n, n, device=device)
         for _ in range(3):
@@ -68,7 +69,7 @@ class MatmulReference:
 
     def flops_per_s(self) -> float:
         count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < self.seconds:
+        while time.perf_counter() - started < self.seconds_per_window:
             torch.mm(self.a, self.b, out=self.out)
             synchronize(self.device)
             count += 1
@@ -81,15 +82,15 @@ def time_windows(training: step.Training, per_window: int, flops_per_step: int,
     reference's window: ms per step, and the ratio of the step's FLOP rate to the matmul's, as
     medians over the windows (on a shared machine a few seconds can run slow). `prefix` names
     the keys."""
-    seconds, ratios, matmul_rates = [], [], []
+    window_seconds, ratios, matmul_rates = [], [], []
     for _ in range(WINDOWS):
-        seconds.append(time_steps(training, per_window))
+        window_seconds.append(time_steps(training, per_window))
         if reference is not None:
             matmul_rates.append(reference.flops_per_s())
-            ratios.append(flops_per_step * per_window / seconds[-1] / matmul_rates[-1])
+            ratios.append(flops_per_step * per_window / window_seconds[-1] / matmul_rates[-1])
     measured = {
-        "window_ms_per_step": [1000 * s / per_window for s in seconds],
-        "ms_per_step": 1000 * statistics.median(seconds) / per_window,
+        "window_ms_per_step": [1000 * s / per_window for s in window_seconds],
+        "ms_per_step": 1000 * statistics.median(window_seconds) / per_window,
     }
     if reference is not None:
         measured |= {
@@ -236,8 +237,8 @@ def bench_run(
         late["late_after_steps"] = late_after
         late["late_subnormal_shares"] = subnormal_shares(training)
     return {
-        **late,
         **fresh,
+        **late,
         "model": cfg.model,
         "seeds": len(seed_ids),
         "seed_steps_per_s": len(seed_ids) * steps_per_s,
