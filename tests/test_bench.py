@@ -110,6 +110,21 @@ def test_unknown_run_is_one_line(config: dict) -> None:
         run_settings(config, "M3", seed=1)
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--matmul-seconds", "0", "--matmul-seconds must be above 0, not 0.0"),
+        ("--rounds", "0", "--rounds must be at least 1, not 0"),
+        ("--steps", "0", "--steps must be at least 1"),
+    ],
+)
+def test_a_bad_bench_option_is_refused_in_one_line(capsys, option, value, message) -> None:
+    with pytest.raises(SystemExit) as refused:
+        bench.parse_args([option, value])
+    assert refused.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bench_writes_its_report(small_mnist: Path, tmp_path: Path) -> None:
     # The small arrays: the report's arithmetic is the same, its evaluations 100 times shorter.
     out = tmp_path / "bench.json"

@@ -442,6 +442,8 @@ def parse_args(argv):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.matmul_seconds <= 0:  # a window without a matmul has no rate to divide by
+        parser.error(f"--matmul-seconds must be above 0, not {args.matmul_seconds}")
     if min(args.seeds_per_job) < 1:
         parser.error(f"--seeds-per-job must be at least 1, not {min(args.seeds_per_job)}")
     return args
